@@ -1,0 +1,1 @@
+"""actors layer of rlaif (see DESIGN §3)."""

@@ -1,0 +1,4 @@
+"""Pure algorithm code: constitution, prompts, soft labels, losses, advantages, records.
+
+Imports neither ray, vllm nor deepspeed (DESIGN §3); tests run in milliseconds.
+"""

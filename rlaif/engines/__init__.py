@@ -1,0 +1,1 @@
+"""engines layer of rlaif (see DESIGN §3)."""

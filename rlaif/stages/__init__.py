@@ -1,0 +1,1 @@
+"""stages layer of rlaif (see DESIGN §3)."""

@@ -1,0 +1,1 @@
+"""trainers layer of rlaif (see DESIGN §3)."""
