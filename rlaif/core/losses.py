@@ -1,0 +1,153 @@
+"""Training losses: soft-label Bradley-Terry for the preference model, PPO for the policy.
+
+- ``bradley_terry_loss``: the preference-model loss on AI soft labels
+  (Bai et al. 2022, "Constitutional AI", arXiv 2212.08073, §4.1).
+- ``ppo_policy_loss``: the clipped surrogate objective (Schulman et al. 2017,
+  "Proximal Policy Optimization Algorithms", arXiv 1707.06347, eq. 7).
+- ``value_loss``: the clipped value loss of OpenAI baselines' PPO2, as used
+  for language models by Ziegler et al. 2019 (arXiv 1909.08593).
+- ``entropy_from_logits``: the policy's mean token entropy, for monitoring
+  or an entropy bonus.
+
+All functions are pure and average over real response tokens only (``mask``).
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from rlaif.core.tensor_ops import masked_mean
+
+
+class PPOLossStats(NamedTuple):
+    """Diagnostics of one PPO policy-loss evaluation (detached 0-dim tensors).
+
+    Tensors, not floats, so that computing them does not force a device sync;
+    call ``.item()`` when logging.
+
+    Attributes:
+        clip_fraction: share of response tokens where the clipped term was
+            the active (larger) one, i.e. where the token's gradient is zero.
+        approx_kl: masked mean of ``(ratio - 1) - log ratio``, an unbiased,
+            non-negative estimate of KL(old policy || new policy)
+            (Schulman 2020, "Approximating KL divergence", k3).
+    """
+
+    clip_fraction: torch.Tensor
+    approx_kl: torch.Tensor
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
+    """Soft-label Bradley-Terry loss, mean over the batch.
+
+    ``L = -[p log σ(r_a - r_b) + (1 - p) log σ(r_b - r_a)]``: the
+    cross-entropy between the soft label ``p`` and the model's
+    P(a ≻ b) = σ(r_a - r_b) (Bai et al. 2022 §4.1). With ``p = 1`` it is the
+    usual hard-label loss ``-log σ(r_a - r_b)``. ``logsigmoid`` keeps large
+    reward gaps from underflowing to ``log 0``.
+
+    Args:
+        r_chosen: (batch,) scalar rewards of response a (response 1).
+        r_rejected: (batch,) scalar rewards of response b (response 2).
+        p: (batch,) or a float: P(a preferred), the judge's soft label.
+
+    Returns:
+        A 0-dim tensor.
+    """
+    margin = r_chosen - r_rejected
+    target = torch.as_tensor(p, dtype=margin.dtype, device=margin.device)
+    per_pair = target * F.logsigmoid(margin) + (1.0 - target) * F.logsigmoid(-margin)
+    return -per_pair.mean()
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+) -> tuple[torch.Tensor, PPOLossStats]:
+    """Clipped surrogate policy loss (Schulman et al. 2017, eq. 7), negated to minimise.
+
+    Per token: ``max(-A·ratio, -A·clip(ratio, 1-eps, 1+eps))`` with
+    ``ratio = exp(logprobs - old_logprobs)``. Taking the max of the losses
+    (the min of the objectives) makes the bound pessimistic: the policy gets
+    no credit for moving the ratio past ``1 ± eps`` in the advantage's
+    direction.
+
+    Args:
+        logprobs: (batch, response_len) log-probs of the sampled tokens under
+            the policy being trained (carries the gradient).
+        old_logprobs: (batch, response_len) the same under the policy that
+            sampled them.
+        advantages: (batch, response_len) per-token advantages, e.g. from GAE.
+        mask: (batch, response_len) True / 1 on real response tokens.
+        clip_eps: clip range ε, e.g. 0.2.
+
+    Returns:
+        The masked-mean loss (0-dim) and its ``PPOLossStats``.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = PPOLossStats(
+            clip_fraction=masked_mean((clipped > unclipped).to(ratio.dtype), mask),
+            approx_kl=masked_mean((ratio - 1.0) - log_ratio, mask),
+        )
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+) -> torch.Tensor:
+    """Clipped value loss: ``0.5 · max((V - R)², (clip(V, V_old ± eps) - R)²)``, masked mean.
+
+    Clipping the new value to within ``clip_eps`` of the value at rollout time
+    mirrors the policy clip: one batch cannot drag the critic far from where
+    it was (OpenAI baselines PPO2; Ziegler et al. 2019).
+
+    Args:
+        values: (batch, response_len) current critic predictions (carries the
+            gradient).
+        old_values: (batch, response_len) critic predictions at rollout time.
+        returns: (batch, response_len) regression targets, e.g. from GAE.
+        mask: (batch, response_len) True / 1 on real response tokens.
+        clip_eps: how far ``values`` may move from ``old_values``.
+
+    Returns:
+        A 0-dim tensor.
+    """
+    clipped_values = torch.clamp(values, old_values - clip_eps, old_values + clip_eps)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    return 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+
+
+def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens of the entropy of the next-token distribution.
+
+    ``H = logsumexp(z) - Σ softmax(z)·z``, which needs no ``log`` of a
+    possibly-zero probability and so stays finite for peaked distributions
+    and for logits of ``-inf`` (banned tokens).
+
+    Args:
+        logits: (batch, response_len, vocab) policy logits.
+        mask: (batch, response_len) True / 1 on real response tokens.
+
+    Returns:
+        A 0-dim tensor, in nats.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    # A banned token (logit -inf, probability 0) would give 0 * -inf = nan;
+    # flooring its logit to the dtype's minimum makes its term an exact 0.
+    finite_logits = logits.clamp(min=torch.finfo(logits.dtype).min)
+    entropy = torch.logsumexp(logits, dim=-1) - (probs * finite_logits).sum(dim=-1)
+    return masked_mean(entropy, mask)

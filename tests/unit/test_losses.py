@@ -1,0 +1,156 @@
+"""Unit tests for rlaif.core.losses and rlaif.core.tensor_ops, hand-computed."""
+
+import math
+
+import pytest
+import torch
+
+from rlaif.core.losses import (
+    PPOLossStats,
+    bradley_terry_loss,
+    entropy_from_logits,
+    ppo_policy_loss,
+    value_loss,
+)
+from rlaif.core.tensor_ops import masked_mean, masked_sum, masked_var, masked_whiten
+
+
+def _close(actual: torch.Tensor, expected: float) -> None:
+    assert actual.item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+# --- tensor_ops -------------------------------------------------------------
+
+
+def test_masked_mean_and_sum_ignore_padding() -> None:
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, float("inf"), float("nan")]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # Sum of 1, 2, 3 = 6 over 3 entries -> mean 2; padded inf / nan never leak.
+    _close(masked_sum(x, mask), 6.0)
+    _close(masked_mean(x, mask), 2.0)
+    # Per row: (1 + 2) / 2 = 1.5 and 3 / 1 = 3.
+    assert torch.allclose(masked_mean(x, mask, dim=1), torch.tensor([1.5, 3.0]))
+
+
+def test_masked_mean_of_empty_mask_is_zero() -> None:
+    _close(masked_mean(torch.tensor([5.0, 7.0]), torch.tensor([False, False])), 0.0)
+
+
+def test_masked_var_and_whiten() -> None:
+    x = torch.tensor([[1.0, 3.0, 50.0]])
+    mask = torch.tensor([[True, True, False]])
+    # Entries 1 and 3: mean 2, squared deviations 1 + 1; unbiased var = 2 / 1 = 2.
+    _close(masked_var(x, mask), 2.0)
+    _close(masked_var(x, mask, unbiased=False), 1.0)
+    # Whitened: (1 - 2) / sqrt(2), (3 - 2) / sqrt(2); padding -> 0.
+    s = 1.0 / math.sqrt(2.0)
+    assert torch.allclose(masked_whiten(x, mask), torch.tensor([[-s, s, 0.0]]), atol=1e-6)
+    # shift_mean=False keeps the mean 2: 2 -+ 1/sqrt(2).
+    kept = masked_whiten(x, mask, shift_mean=False)
+    assert torch.allclose(kept, torch.tensor([[2.0 - s, 2.0 + s, 0.0]]), atol=1e-6)
+
+
+# --- Bradley-Terry ----------------------------------------------------------
+
+
+def test_bradley_terry_equal_rewards_is_log2() -> None:
+    # p = 1, r_a - r_b = 0: -log sigma(0) = -log(1/2) = log 2.
+    loss = bradley_terry_loss(torch.tensor([0.5]), torch.tensor([0.5]), 1.0)
+    _close(loss, math.log(2.0))
+    # With r_a = r_b the prediction is 1/2 whatever p is, so the loss is log 2.
+    loss = bradley_terry_loss(torch.zeros(2), torch.zeros(2), torch.tensor([0.3, 0.9]))
+    _close(loss, math.log(2.0))
+
+
+def test_bradley_terry_soft_label_hand_computed() -> None:
+    # margin = ln 3 -> sigma(margin) = 3/4, sigma(-margin) = 1/4.
+    # p = 0.75: L = -(0.75 ln 0.75 + 0.25 ln 0.25) = entropy of (3/4, 1/4), the minimum.
+    margin = math.log(3.0)
+    loss = bradley_terry_loss(torch.tensor([margin]), torch.tensor([0.0]), 0.75)
+    _close(loss, -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    # Batch mean: pair 1 as above, pair 2 with p = 1 and margin 0 -> log 2.
+    loss = bradley_terry_loss(torch.tensor([margin, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([0.75, 1.0]))
+    expected_1 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    _close(loss, (expected_1 + math.log(2.0)) / 2)
+
+
+def test_bradley_terry_is_stable_for_huge_margins() -> None:
+    # Hard label against a margin of -1000: -log sigma(-1000) ~= 1000, not inf.
+    loss = bradley_terry_loss(torch.tensor([0.0]), torch.tensor([1000.0]), 1.0)
+    _close(loss, 1000.0)
+
+
+# --- PPO policy loss --------------------------------------------------------
+
+
+def test_ppo_clips_ratio_above_one_plus_eps_for_positive_advantage() -> None:
+    # ratio = 1.5, eps = 0.2, A = 2: unclipped -3.0, clipped -1.2*2 = -2.4;
+    # max(-3.0, -2.4) = -2.4 -> ratio effectively clipped to 1.2.
+    old = torch.tensor([[0.0]])
+    new = torch.tensor([[math.log(1.5)]], requires_grad=True)
+    loss, stats = ppo_policy_loss(new, old, torch.tensor([[2.0]]), torch.ones(1, 1), 0.2)
+    _close(loss, -2.4)
+    _close(stats.clip_fraction, 1.0)
+    # approx KL = (1.5 - 1) - ln 1.5.
+    _close(stats.approx_kl, 0.5 - math.log(1.5))
+    # Clipped tokens give no gradient.
+    (grad,) = torch.autograd.grad(loss, new)
+    assert grad.abs().item() == 0.0
+
+
+def test_ppo_unclipped_cases() -> None:
+    # Token 1: ratio 1.5, A = -1: unclipped 1.5, clipped 1.2 -> max 1.5 (not clipped:
+    # a bad action whose ratio grew keeps its full penalty).
+    # Token 2: ratio 1, A = 3: both -3.
+    # Mean: (1.5 - 3) / 2 = -0.75; clip fraction 0.
+    old = torch.zeros(1, 2)
+    new = torch.tensor([[math.log(1.5), 0.0]])
+    loss, stats = ppo_policy_loss(new, old, torch.tensor([[-1.0, 3.0]]), torch.ones(1, 2), 0.2)
+    _close(loss, -0.75)
+    _close(stats.clip_fraction, 0.0)
+    assert isinstance(stats, PPOLossStats)
+
+
+def test_ppo_masked_tokens_have_no_effect() -> None:
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    new = torch.tensor([[0.1, -0.2, 0.3], [0.05, 0.4, -0.6]])
+    old = torch.tensor([[0.0, 0.0, 0.1], [0.1, 0.2, 0.3]])
+    adv = torch.tensor([[1.0, -1.0, 2.0], [0.5, 3.0, -4.0]])
+    loss_a, stats_a = ppo_policy_loss(new, old, adv, mask, 0.2)
+    padding = mask == 0
+    new_b = new.masked_fill(padding, 9.0)
+    old_b = old.masked_fill(padding, -7.0)
+    adv_b = adv.masked_fill(padding, 123.0)
+    loss_b, stats_b = ppo_policy_loss(new_b, old_b, adv_b, mask, 0.2)
+    assert torch.equal(loss_a, loss_b)
+    assert torch.equal(stats_a.clip_fraction, stats_b.clip_fraction)
+    assert torch.equal(stats_a.approx_kl, stats_b.approx_kl)
+
+
+# --- value loss -------------------------------------------------------------
+
+
+def test_value_loss_hand_computed() -> None:
+    # Token 1: V = 2, V_old = 1, R = 0, eps = 0.5 -> clip(V) = 1.5.
+    #   unclipped (2)^2 = 4, clipped 1.5^2 = 2.25 -> max 4.
+    # Token 2: V = 1.2, V_old = 1, R = 2 -> clip(V) = 1.2 (inside).
+    #   both (0.8)^2 = 0.64.
+    # Token 3: V = 0, V_old = 1, R = 1 -> clip(V) = 0.5.
+    #   unclipped 1, clipped 0.25 -> max 1.
+    # 0.5 * mean(4, 0.64, 1) = 0.5 * 5.64 / 3 = 0.94.
+    values = torch.tensor([[2.0, 1.2, 0.0, 99.0]])
+    old = torch.tensor([[1.0, 1.0, 1.0, -99.0]])
+    returns = torch.tensor([[0.0, 2.0, 1.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    _close(value_loss(values, old, returns, mask, 0.5), 0.94)
+
+
+# --- entropy ----------------------------------------------------------------
+
+
+def test_entropy_from_logits() -> None:
+    # Uniform over 4 tokens: ln 4. Two equal tokens and two banned (-inf)
+    # ones: uniform over 2 -> ln 2. Third position is padding.
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, float("-inf"), float("-inf")], [9.0, 0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    _close(entropy_from_logits(logits, mask), (math.log(4.0) + math.log(2.0)) / 2)
