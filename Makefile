@@ -1,0 +1,16 @@
+# One entry point for set-up, run, test and bench. Every target sets up first (idempotent).
+ARGS ?=
+
+.PHONY: setup run test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	.venv/bin/python -m rlaif.run $(ARGS)
+
+test:
+	bash scripts/test.sh $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check rlaif tests bench && .venv/bin/ruff format --check rlaif tests bench && .venv/bin/mypy rlaif/core

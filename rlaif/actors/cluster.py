@@ -1,0 +1,90 @@
+"""Connecting to Ray: start a local cluster or join an existing one, and place role groups.
+
+Security defaults: a local cluster binds its services and dashboard to 127.0.0.1 unless
+the config says otherwise, and Ray's token authentication (on by default since 2.5x)
+is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlaif.errors import ClusterUnreachableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    address: str | None
+    num_cpus: int | None
+    num_gpus: int | None
+    include_dashboard: bool
+    dashboard_host: str
+    node_ip_address: str
+
+
+def connect(spec: ClusterSpec) -> None:
+    """Start a local Ray cluster when `address` is unset, else join the one it names."""
+    if ray.is_initialized():
+        return
+    # Engines and trainers inherit this process's environment through Ray workers.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if spec.address:
+        try:
+            ray.init(address=spec.address, log_to_driver=True)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterUnreachableError(
+                f"cluster.address={spec.address!r}: cannot join the Ray cluster ({reason})"
+            ) from exc
+        log.info("joined Ray cluster at %s", spec.address)
+        return
+    ray.init(
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+        include_dashboard=spec.include_dashboard,
+        dashboard_host=spec.dashboard_host,
+        _node_ip_address=spec.node_ip_address,
+    )
+    log.info("started a local Ray cluster: %s", ray.cluster_resources())
+
+
+@dataclass(frozen=True)
+class RoleGroupSpec:
+    """Resources of one role's actors: `num_workers` bundles of CPUs and GPUs."""
+
+    name: str
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    strategy: str = "PACK"
+
+    def bundles(self) -> list[dict[str, float]]:
+        bundle = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            bundle["GPU"] = self.gpus_per_worker
+        return [dict(bundle) for _ in range(self.num_workers)]
+
+
+def reserve(spec: RoleGroupSpec, timeout_s: float = 120.0) -> PlacementGroup:
+    """A ready placement group for the role; fails with a clear line if the cluster lacks room."""
+    pg = placement_group(spec.bundles(), strategy=spec.strategy, name=f"rlaif-{spec.name}")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        ray.util.remove_placement_group(pg)
+        raise RuntimeError(
+            f"role {spec.name!r}: the cluster cannot place {spec.num_workers} × {spec.bundles()[0]} "
+            f"({spec.strategy}) within {timeout_s:.0f} s; cluster has {ray.cluster_resources()}"
+        )
+    return pg
+
+
+def in_bundle(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
+    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)

@@ -1,0 +1,83 @@
+"""A pool of engine-holding actors of one role (rollout, critic, judge).
+
+`ray.remote` is applied here, where roles are composed, with the role's resources;
+each actor sits in its own bundle of the role's placement group. Work is split into
+contiguous shards, one per actor, and results come back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import ray
+
+from rlaif.actors.cluster import RoleGroupSpec, in_bundle, reserve
+
+T = TypeVar("T")
+
+
+def engine_env(cpus: float) -> dict[str, str]:
+    """Environment for an actor that holds a vLLM engine in-process (DESIGN §5, §7)."""
+    threads = str(max(1, int(cpus)))
+    env = {
+        # The engine runs inside the actor, so received tensors go straight to the worker.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "OMP_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key in ("RLAIF_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE", "VLLM_CPU_OMP_THREADS_BIND"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+class ActorPool:
+    """`num_workers` actors of `cls`, each built with `args`, placed per `spec`."""
+
+    def __init__(self, cls: type, spec: RoleGroupSpec, args: tuple[Any, ...], env: dict[str, str]) -> None:
+        self.spec = spec
+        self.placement = reserve(spec)
+        remote_cls = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(cls)
+        self.actors = [
+            remote_cls.options(
+                scheduling_strategy=in_bundle(self.placement, i),
+                runtime_env={"env_vars": env},
+                name=None,
+            ).remote(*args)
+            for i in range(spec.num_workers)
+        ]
+        # Wait for every actor's constructor (engine start-up) so failures surface here, not mid-batch.
+        ray.get([a.__ray_ready__.remote() for a in self.actors])
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def map_shards(self, method: str, items: Sequence[T], *args: Any) -> list[Any]:
+        """Call `method(shard, *args)` on every actor with a contiguous shard; concatenate in order."""
+        shards = split_evenly(items, len(self.actors))
+        refs = [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards, strict=True) if s]
+        return [item for part in ray.get(refs) for item in part]
+
+    def call_all(self, method: str, *args: Any) -> list[Any]:
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def call_each(self, fn: Callable[[Any], Any]) -> list[Any]:
+        return ray.get([fn(a) for a in self.actors])
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        ray.util.remove_placement_group(self.placement)
+
+
+def split_evenly(items: Sequence[T], parts: int) -> list[list[T]]:
+    """Contiguous shards whose sizes differ by at most one, in order."""
+    size, extra = divmod(len(items), parts)
+    shards, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        shards.append(list(items[start:end]))
+        start = end
+    return shards

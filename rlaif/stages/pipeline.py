@@ -1,0 +1,46 @@
+"""The driver: runs the stages in order, skipping those whose MANIFEST exists (DESIGN §4).
+
+Each stage is a function of a `StageContext`; it reads earlier stages' outputs from
+their folders under the run directory and writes its own, manifest last.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlaif.config import RunConfig
+from rlaif.core.io import read_manifest
+from rlaif.core.sink import MetricsSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageContext:
+    run: RunConfig
+    run_dir: Path
+    # The resolved folder of `model.name`: the starting policy.
+    base_model: Path
+    sink: MetricsSink
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+Stage = Callable[[StageContext], None]
+
+
+def run_stages(ctx: StageContext, stages: list[tuple[str, Stage]]) -> list[str]:
+    """Run each stage unless its manifest says it is done; return the names that ran."""
+    ran = []
+    for name, stage in stages:
+        if read_manifest(ctx.stage_dir(name)) is not None:
+            log.info("stage %s: done already (%s), skipping", name, ctx.stage_dir(name) / "MANIFEST.json")
+            continue
+        log.info("stage %s: starting", name)
+        stage(ctx)
+        ran.append(name)
+    return ran

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then lint and run the whole test suite.
+# Tiers: tests/unit (no Ray, fast), tests/integration (real local Ray, real engines, tiny
+# models), tests/e2e (the pipeline on the embedded model, marked slow), tests/gpu (skipped
+# without CUDA). Extra arguments go to pytest, e.g. `make test ARGS="-m 'not slow'"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${RLAIF_VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/rlaif/torch_extensions}
+step() { printf '==> [test] %s\n' "$*"; }
+
+step "ruff check and format"
+ruff check rlaif tests bench
+ruff format --check --quiet rlaif tests bench
+step "mypy (strict on rlaif/core)"
+mypy rlaif/core
+step "pytest"
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+# pytest's 5 means "no tests collected": a suite that ran nothing has failed.
+exit $rc

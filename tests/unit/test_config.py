@@ -1,0 +1,48 @@
+"""Every config composes, typed values are checked, and a mistyped key fails."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from rlaif.config import RunConfig, register_configs, to_run_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+register_configs()
+
+
+def compose_run(overrides: list[str]) -> RunConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return to_run_config(compose(config_name="config", overrides=overrides))
+
+
+def test_default_config_composes_to_typed_objects() -> None:
+    run = compose_run([])
+    assert run.model.name == "smollm2-135m-instruct"
+    assert run.engine.backend == "vllm" and run.engine.dtype == "float32"
+    assert run.cluster.address is None and run.cluster.dashboard_host == "127.0.0.1"
+    assert run.run_dir == "runs/smoke"
+
+
+@pytest.mark.parametrize("group", ["engine", "cluster", "deepspeed", "model"])
+def test_every_file_of_every_group_composes(group: str) -> None:
+    for path in sorted((CONF / group).glob("*.yaml")):
+        run = compose_run([f"{group}={path.stem}"])
+        assert isinstance(run, RunConfig)
+
+
+def test_unknown_key_fails() -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError), match="bogus"):
+        compose_run(["engine.bogus=1"])
+
+
+def test_mistyped_value_fails() -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_run(["engine.max_model_len=lots"])
+
+
+def test_bad_enum_value_is_rejected_with_the_field_name() -> None:
+    with pytest.raises(ValueError, match="engine.backend"):
+        compose_run(["engine.backend=tensorrt"])
