@@ -80,8 +80,6 @@ class ClusterConfig:
     # Start Ray's dashboard, bound to dashboard_host (loopback unless the config says otherwise).
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
-    # Address Ray's own services bind to on a local cluster.
-    node_ip_address: str = "127.0.0.1"
     # Placement-group strategy for each role's bundles: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD.
     placement_strategy: str = "PACK"
     # Resources of each role's actors.

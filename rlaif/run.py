@@ -32,7 +32,7 @@ def run(run_cfg: RunConfig) -> None:
 
     model_path = resolve_model(run_cfg.model.name)
     c = run_cfg.cluster
-    connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host, c.node_ip_address))
+    connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host))
     ctx = StageContext(run_cfg, Path(run_cfg.run_dir), model_path, ConsoleSink())
     run_stages(ctx, [(name, STAGES[name]) for name in run_cfg.stages])
     print(f"\nrun folder: {ctx.run_dir.resolve()}")

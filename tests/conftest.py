@@ -29,9 +29,9 @@ def tiny_model(embedded_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    """A real local Ray cluster for the whole session (2 CPUs, no dashboard, loopback)."""
+    """A real local Ray cluster for the whole session (2 CPUs, no dashboard)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -1,8 +1,9 @@
 """Connecting to Ray: start a local cluster or join an existing one, and place role groups.
 
-Security defaults: a local cluster binds its services and dashboard to 127.0.0.1 unless
-the config says otherwise, and Ray's token authentication (on by default since 2.5x)
-is left as it is.
+Security defaults: the dashboard binds to 127.0.0.1 unless the config says otherwise,
+and Ray's token authentication (on by default in Ray 2.60) is left on. Ray 2.60's own
+gRPC services listen on the node's address (it maps 127.0.0.1 to that address itself),
+and require the token.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ class ClusterSpec:
     num_gpus: int | None
     include_dashboard: bool
     dashboard_host: str
-    node_ip_address: str
 
 
 def connect(spec: ClusterSpec) -> None:
@@ -51,7 +51,6 @@ def connect(spec: ClusterSpec) -> None:
         num_gpus=spec.num_gpus,
         include_dashboard=spec.include_dashboard,
         dashboard_host=spec.dashboard_host,
-        _node_ip_address=spec.node_ip_address,
     )
     log.info("started a local Ray cluster: %s", ray.cluster_resources())
 
