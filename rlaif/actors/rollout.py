@@ -13,8 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from rlaif.core.buckets import TensorMeta
 from rlaif.engines.base import EngineSpec, Generation, Prompt, SamplingParams, ThroughputStats
 from rlaif.engines.factory import build_engine
+from rlaif.engines.weight_sync import SyncGroup, SyncStats, receive_state
 
 
 class RolloutWorker:
@@ -22,6 +24,19 @@ class RolloutWorker:
 
     def __init__(self, spec: EngineSpec) -> None:
         self.engine = build_engine(spec)
+        self.sync_group: SyncGroup | None = None
+
+    def join_sync_group(self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str) -> None:
+        """Join the learner's broadcast group (rank 0 is the learner); blocks until all members join."""
+        self.sync_group = SyncGroup(master_addr, master_port, rank, world_size, backend)
+
+    def receive_weights(self, metas: Sequence[TensorMeta], bucket_bytes: int, version: int) -> SyncStats:
+        """Take part in one broadcast from the learner, then load the weights into the engine."""
+        if self.sync_group is None:
+            raise RuntimeError("receive_weights called before join_sync_group")
+        named, stats = receive_state(self.sync_group, metas, bucket_bytes)
+        self.engine.update_weights(named, version)
+        return stats
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         return self.engine.generate(prompts, params)
