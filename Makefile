@@ -13,4 +13,4 @@ test:
 	bash scripts/test.sh $(ARGS)
 
 lint: setup
-	.venv/bin/ruff check rlaif tests bench && .venv/bin/ruff format --check rlaif tests bench && .venv/bin/mypy rlaif/core
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy rlaif/core

@@ -12,8 +12,8 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/rlaif/torch_ext
 step() { printf '==> [test] %s\n' "$*"; }
 
 step "ruff check and format"
-ruff check rlaif tests bench
-ruff format --check --quiet rlaif tests bench
+ruff check .
+ruff format --check --quiet .
 step "mypy (strict on rlaif/core)"
 mypy rlaif/core
 step "pytest"
