@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rlaif.config import RunConfig
 from rlaif.core.io import read_manifest
-from rlaif.core.sink import MetricsSink
+from rlaif.core.sink import MetricsSink, PrefixedSink
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,6 @@ def run_stages(ctx: StageContext, stages: list[tuple[str, Stage]]) -> list[str]:
             log.info("stage %s: done already (%s), skipping", name, ctx.stage_dir(name) / "MANIFEST.json")
             continue
         log.info("stage %s: starting", name)
-        stage(ctx)
+        stage(replace(ctx, sink=PrefixedSink(ctx.sink, name)))
         ran.append(name)
     return ran
