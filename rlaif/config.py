@@ -84,6 +84,18 @@ class ClusterConfig:
     placement_strategy: str = "PACK"
     # Resources of each role's actors.
     rollout: RoleResources = field(default_factory=RoleResources)
+    # SL-CAI critic actors (vLLM engines that answer, critique and revise).
+    critic: RoleResources = field(default_factory=RoleResources)
+    # SFT trainer ranks (one DeepSpeed rank per actor; num_workers is the data-parallel size).
+    sft_trainer: RoleResources = field(default_factory=RoleResources)
+    # RL-CAI judge actors (vLLM engines holding the feedback model).
+    judge: RoleResources = field(default_factory=RoleResources)
+    # Reward-model trainer ranks (one DeepSpeed rank per actor; num_workers is the data-parallel size).
+    reward_trainer: RoleResources = field(default_factory=RoleResources)
+    # PPO learner ranks (actor, critic and reference on each; num_workers is the data-parallel size).
+    learner: RoleResources = field(default_factory=RoleResources)
+    # Reward-model scorer actors (PPO rewards, evaluation scores).
+    reward_scorer: RoleResources = field(default_factory=RoleResources)
 
     def __post_init__(self) -> None:
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
@@ -119,12 +131,341 @@ class SmokeConfig:
 
 
 @dataclass
+class SLCAIConfig:
+    # Red-team prompts: builtin:red_team, a .jsonl/.parquet file, or an hh-rlhf dataset id/folder.
+    red_team: str = "builtin:red_team"
+    # hh-rlhf datasets only: the sub-folder to read (e.g. harmless-base); null for none.
+    red_team_data_dir: str | None = None
+    # Fraction of red-team prompts held out (by stable id) for evaluation; SL-CAI uses the rest.
+    heldout_fraction: float = 0.1
+    # How many training red-team prompts to run chains on (0: all of them).
+    num_prompts: int = 24
+    # Critique -> revision rounds per prompt, each with a freshly sampled principle.
+    rounds: int = 2
+    # Helpfulness prompts answered plainly, for the SFT mix (same source forms as red_team).
+    helpful: str = "builtin:helpful"
+    # hh-rlhf datasets only: the sub-folder to read (e.g. helpful-base); null for none.
+    helpful_data_dir: str | None = None
+    # How many helpfulness prompts to answer (0: all of them).
+    num_helpful: int = 24
+    # Longest answer, critique or revision, in tokens.
+    max_new_tokens: int = 96
+    # Sampling temperature for answers, critiques and revisions (0: greedy).
+    temperature: float = 0.7
+    # Nucleus sampling mass for the same.
+    top_p: float = 0.95
+    # Records per batched pool call; progress is saved after each, so a killed run loses at most one.
+    chunk_size: int = 256
+    # Example chains logged as a table through the metrics sink.
+    log_samples: int = 4
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"sl_cai.rounds must be >= 1, got {self.rounds}")
+        for name in ("num_prompts", "num_helpful", "max_new_tokens", "log_samples"):
+            if getattr(self, name) < 0 or (name == "max_new_tokens" and self.max_new_tokens == 0):
+                raise ValueError(f"sl_cai.{name} must be >= 0 (max_new_tokens >= 1), got {getattr(self, name)}")
+        if self.chunk_size < 1:
+            raise ValueError(f"sl_cai.chunk_size must be >= 1, got {self.chunk_size}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"sl_cai.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+
+
+@dataclass
+class SFTConfig:
+    # Helpful answers mixed in per final revision (0: revisions only; 1: as many of each).
+    helpful_ratio: float = 1.0
+    # Optimizer steps; the mixed data is cycled (reshuffled by seed each pass) to fill them.
+    steps: int = 4
+    # Examples per forward/backward on one rank.
+    micro_batch_size: int = 2
+    # Micro-batches accumulated per optimizer step (global batch: micro x accum x ranks).
+    grad_accum_steps: int = 2
+    # Peak learning rate (AdamW), reached after warmup_steps.
+    lr: float = 2.0e-5
+    # Optimizer steps of linear warm-up; 0 for a constant rate.
+    warmup_steps: int = 0
+    # Decoupled weight decay.
+    weight_decay: float = 0.0
+    # Clip the global gradient norm to this; 0 disables clipping.
+    grad_clip: float = 1.0
+    # Longest tokenised example; longer ones are cut at the end.
+    max_len: int = 512
+    # Save a resumable DeepSpeed checkpoint every this many steps (0: never).
+    checkpoint_every: int = 2
+    # Training examples whose loss is measured before and after training (0: skip the check).
+    eval_examples: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "grad_accum_steps", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("helpful_ratio", "checkpoint_every", "eval_examples", "warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"sft.lr must be positive, got {self.lr}")
+
+
+@dataclass
+class LoggingConfig:
+    # W&B mode: "offline" (default, no key needed; `wandb sync` later), "online", or "disabled".
+    wandb_mode: str = "offline"
+    # W&B project and entity (team); the entity defaults to the logged-in user.
+    project: str = "rlaif"
+    entity: str | None = None
+    # Groups the runs of one sweep together (set automatically under Hydra multirun).
+    group: str | None = None
+    # Free-form W&B tags.
+    tags: list[str] = field(default_factory=list)
+    # Log datasets and models as W&B artefacts.
+    log_artifacts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.wandb_mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"logging.wandb_mode must be offline, online or disabled, got {self.wandb_mode!r}")
+
+
+@dataclass
+class LabelConfig:
+    # Prompts the policy answers twice: builtin:red_team, a .jsonl/.parquet file, or an hh-rlhf dataset id/folder.
+    prompts: str = "builtin:red_team"
+    # hh-rlhf datasets only: the sub-folder to read (e.g. harmless-base); null for none.
+    prompts_data_dir: str | None = None
+    # How many of the prompts to label (0: all). Prompts held out by sl_cai.heldout_fraction are never used.
+    num_prompts: int = 24
+    # Policy that samples the pairs; null: <run_dir>/sft/model if the sft stage finished, else model.name.
+    policy: str | None = None
+    # Feedback model (the judge); null: model.name.
+    judge_model: str | None = None
+    # Sampling temperature for the two responses (1.0: the policy's own distribution).
+    temperature: float = 1.0
+    # Nucleus sampling mass for the responses.
+    top_p: float = 1.0
+    # Longest response, in tokens.
+    max_new_tokens: int = 64
+    # Principles sampled per comparison; the judge's probabilities are averaged over them.
+    principles_per_comparison: int = 1
+    # Ask every question in both orders and average (position-bias correction).
+    both_orders: bool = True
+    # Put the constitution's judge few-shot examples first in every question.
+    few_shot: bool = True
+    # Chain of thought: the judge reasons first, then its option probabilities are clamped.
+    cot: bool = False
+    # Longest chain-of-thought reasoning, in tokens.
+    cot_max_new_tokens: int = 96
+    # Lower clamp bound for chain-of-thought probabilities (Bai et al. 2022: 0.4).
+    cot_clamp_low: float = 0.4
+    # Upper clamp bound for chain-of-thought probabilities (Bai et al. 2022: 0.6).
+    cot_clamp_high: float = 0.6
+    # Prompts (sampling) or comparisons (judging) per batched pool call; progress is saved after each.
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 0:
+            raise ValueError(f"label.num_prompts must be >= 0, got {self.num_prompts}")
+        for name in ("max_new_tokens", "principles_per_comparison", "cot_max_new_tokens", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"label.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"label: need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if not 0.0 <= self.cot_clamp_low <= self.cot_clamp_high <= 1.0:
+            raise ValueError(
+                "label: need 0 <= cot_clamp_low <= cot_clamp_high <= 1, "
+                f"got {self.cot_clamp_low}, {self.cot_clamp_high}"
+            )
+
+
+@dataclass
+class RewardModelConfig:
+    # Base of the scalar-head reward model; null: model.name (the policy's base).
+    base_model: str | None = None
+    # Fraction of labelled prompts held out (by stable id) for loss, accuracy and calibration.
+    heldout_fraction: float = 0.25
+    # Optimizer steps; the training pairs are cycled (reshuffled by seed each pass) to fill them.
+    steps: int = 4
+    # Pairs per forward/backward on one rank (each pair is two sequences).
+    micro_batch_size: int = 2
+    # Micro-batches accumulated per optimizer step (global batch: micro x accum x ranks).
+    grad_accum_steps: int = 1
+    # Peak learning rate (AdamW), reached after warmup_steps.
+    lr: float = 1.0e-5
+    # Optimizer steps of linear warm-up; 0 for a constant rate.
+    warmup_steps: int = 0
+    # Decoupled weight decay.
+    weight_decay: float = 0.0
+    # Clip the global gradient norm to this; 0 disables clipping.
+    grad_clip: float = 1.0
+    # Longest tokenised conversation; longer ones keep their last max_len tokens.
+    max_len: int = 512
+    # Save a resumable DeepSpeed checkpoint every this many steps (0: never).
+    checkpoint_every: int = 0
+    # Bins of the expected calibration error on the held-out split.
+    ece_bins: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "grad_accum_steps", "max_len", "ece_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"reward_model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"reward_model.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"reward_model.lr must be positive, got {self.lr}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"reward_model.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclass
+class PPOConfig:
+    # Starting policy and KL reference; null: <run_dir>/sft/model if the sft stage finished, else model.name.
+    policy: str | None = None
+    # "reward_model" (<run_dir>/reward_model/model, which also starts the critic) or a rule
+    # reward "<name>:<arg>" from rlaif.core.rewards, e.g. "token_count:198".
+    reward: str = "reward_model"
+    # PPO iterations: sample, score, update, sync.
+    iterations: int = 3
+    # Training prompts per iteration (sl_cai's red-team and helpful sources, minus its held-out split).
+    prompts_per_iteration: int = 8
+    # Share of each iteration's prompts drawn from the helpfulness prompts (0: red-team only).
+    helpful_fraction: float = 0.0
+    # Responses sampled per prompt.
+    samples_per_prompt: int = 1
+    # Longest response, in tokens.
+    max_new_tokens: int = 48
+    # Sampling temperature (> 0, top-p 1); the learner's log-probs use the same tempered distribution.
+    temperature: float = 1.0
+    # Passes over each iteration's samples.
+    ppo_epochs: int = 1
+    # Samples per optimizer step, over all learner ranks.
+    mini_batch_size: int = 8
+    # Samples per forward/backward on one learner rank (mini-batches accumulate these).
+    micro_batch_size: int = 4
+    # Adam learning rate of the policy.
+    actor_lr: float = 1.0e-6
+    # Adam learning rate of the value model.
+    critic_lr: float = 1.0e-5
+    # Global gradient-norm clip of both models (0: off).
+    grad_clip: float = 1.0
+    # Clip range ε of the policy's probability ratio.
+    clip_eps: float = 0.2
+    # How far a value may move from its rollout-time value before its loss is clipped.
+    value_clip: float = 0.2
+    # Weight of the value loss (the critic has its own optimizer, so it acts like a critic lr factor).
+    vf_coef: float = 0.1
+    # Weight of the entropy bonus (0: entropy is only logged).
+    entropy_coef: float = 0.0
+    # Discount γ over response tokens.
+    gamma: float = 1.0
+    # GAE λ (1: Monte Carlo returns, 0: one-step TD).
+    lam: float = 0.95
+    # KL penalty coefficient β to the reference (the starting value when adaptive).
+    kl_coef: float = 0.05
+    # Per-token KL estimator: k1, k2 or k3.
+    kl_estimator: str = "k1"
+    # Adapt β towards kl_target (Ziegler et al. 2019) instead of keeping it fixed.
+    adaptive_kl: bool = False
+    # Adaptive only: target KL per response, in nats.
+    kl_target: float = 6.0
+    # Adaptive only: samples over which β moves (the controller's time scale).
+    kl_horizon: int = 10000
+    # Normalise advantages over each iteration's batch to mean 0, variance 1.
+    whiten_advantages: bool = True
+    # Weight-sync bucket size, in MB: one broadcast per bucket.
+    sync_bucket_mb: int = 64
+    # Weight-sync backend: gloo, nccl, or auto (nccl when engine.device is cuda, else gloo).
+    sync_backend: str = "auto"
+    # disaggregated: learner and rollout on separate bundles; colocated (GPU only): they share
+    # GPUs and the rollout engines sleep while the learner trains.
+    placement: str = "disaggregated"
+    # Save a resumable checkpoint every this many iterations (0: never; a killed run restarts).
+    checkpoint_every: int = 2
+    # Sampled responses logged as a table each iteration.
+    log_samples: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "prompts_per_iteration", "samples_per_prompt", "max_new_tokens", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("mini_batch_size", "micro_batch_size", "sync_bucket_mb", "kl_horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("grad_clip", "entropy_coef", "kl_coef", "checkpoint_every", "log_samples", "vf_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("temperature", "actor_lr", "critic_lr", "clip_eps", "value_clip", "kl_target"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ppo.{name} must be > 0, got {getattr(self, name)}")
+        if not (0.0 <= self.helpful_fraction <= 1.0 and 0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError(
+                f"ppo: helpful_fraction, gamma and lam must be in [0, 1], got "
+                f"{self.helpful_fraction}, {self.gamma}, {self.lam}"
+            )
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"ppo.mini_batch_size ({self.mini_batch_size}) must be a multiple of "
+                f"ppo.micro_batch_size ({self.micro_batch_size})"
+            )
+        if (self.prompts_per_iteration * self.samples_per_prompt) % self.mini_batch_size:
+            samples = self.prompts_per_iteration * self.samples_per_prompt
+            raise ValueError(
+                f"ppo: prompts_per_iteration x samples_per_prompt = {samples} "
+                f"must be a multiple of mini_batch_size ({self.mini_batch_size})"
+            )
+        checks = {
+            "kl_estimator": (self.kl_estimator, ("k1", "k2", "k3")),
+            "sync_backend": (self.sync_backend, ("auto", "gloo", "nccl")),
+            "placement": (self.placement, ("disaggregated", "colocated")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"ppo.{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclass
+class EvalConfig:
+    # Held-out red-team prompts to evaluate on (sl_cai.heldout_fraction's split; 0: all of them).
+    num_red_team: int = 8
+    # Held-out helpfulness prompts (the same split of sl_cai.helpful; 0: all of them).
+    num_helpful: int = 8
+    # Longest response, in tokens.
+    max_new_tokens: int = 64
+    # Sampling temperature (0: greedy, so reruns agree).
+    temperature: float = 0.0
+    # Principles sampled per comparison; the judge's debiased probabilities are averaged over them.
+    principles_per_comparison: int = 1
+    # Feedback model for the win rates; null: label.judge_model, else model.name.
+    judge_model: str | None = None
+    # Example responses logged as a table.
+    log_samples: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("num_red_team", "num_helpful", "log_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_new_tokens", "principles_per_comparison"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ValueError(f"eval.temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     engine: EngineConfig = MISSING
     cluster: ClusterConfig = MISSING
     deepspeed: DeepSpeedConfig = MISSING
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sl_cai: SLCAIConfig = field(default_factory=SLCAIConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # The constitution YAML for SL-CAI and the judge; null: the shipped constitutions/default.yaml.
+    constitution: str | None = None
     # Where every stage writes its outputs (DESIGN §4); re-running the same name resumes.
     run_dir: str = "runs/${name}"
     # The run's name: its folder and its W&B run.
@@ -152,6 +493,12 @@ def register_configs() -> None:
     cs.store(group="engine", name="engine_schema", node=EngineConfig)
     cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
     cs.store(group="deepspeed", name="deepspeed_schema", node=DeepSpeedConfig)
+    cs.store(group="sl_cai", name="sl_cai_schema", node=SLCAIConfig)
+    cs.store(group="sft", name="sft_schema", node=SFTConfig)
+    cs.store(group="label", name="label_schema", node=LabelConfig)
+    cs.store(group="reward_model", name="reward_model_schema", node=RewardModelConfig)
+    cs.store(group="ppo", name="ppo_schema", node=PPOConfig)
+    cs.store(group="eval", name="eval_schema", node=EvalConfig)
 
 
 def to_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:

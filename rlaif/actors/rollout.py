@@ -44,6 +44,13 @@ class RolloutWorker:
     def update_weights(self, named_arrays: Sequence[tuple[str, np.ndarray]], version: int) -> None:
         self.engine.update_weights(((name, torch.from_numpy(a)) for name, a in named_arrays), version)
 
+    def sleep(self) -> None:
+        """Free the engine's GPU memory while a colocated learner trains (GPU engines only)."""
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def policy_version(self) -> int:
         return self.engine.policy_version
 

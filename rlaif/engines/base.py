@@ -53,6 +53,8 @@ class EngineSpec:
     max_num_seqs: int = 256
     trust_remote_code: bool = False
     device: Literal["cpu", "cuda"] = "cpu"
+    # vLLM on GPU only: allow `sleep()` / `wake_up()`, for rollout engines that share GPUs with a learner.
+    enable_sleep_mode: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in ("vllm", "transformers"):
@@ -169,6 +171,10 @@ class Engine(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None: ...
 
     def stats(self) -> ThroughputStats: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
 
     def shutdown(self) -> None: ...
 

@@ -162,5 +162,14 @@ class TransformersEngine:
     def stats(self) -> ThroughputStats:
         return self._counter.snapshot()
 
+    def sleep(self) -> None:
+        """Move the weights to host memory, freeing the GPU for a colocated learner."""
+        self.model.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        self.model.to(self.device)
+
     def shutdown(self) -> None:
         del self.model

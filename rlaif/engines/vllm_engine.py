@@ -43,6 +43,14 @@ def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> N
     # vLLM-CPU prepacks linear weights and frees the originals, so `load_weights`
     # fails on a running engine; the in-place reload redoes the packing (DESIGN §5).
     worker.model_runner.reload_weights(weights_iterator=iter(weights))
+    # A tied output head (SmolLM2, Llama-3.2, ...) shares the embedding's storage, which the reload
+    # updates in place; but on CPU the head also keeps its own packed copy for the GEMM kernels, and
+    # the reload (which gets no lm_head tensor for a tied model) leaves that copy stale: repack it.
+    model = worker.model_runner.get_model()
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is not None and embed is not None and getattr(head, "weight", None) is getattr(embed, "weight", 0):
+        head.quant_method.process_weights_after_loading(head)
 
 
 class VLLMEngine:
@@ -69,6 +77,9 @@ class VLLMEngine:
         )
         if spec.device == "cuda":
             kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = spec.enable_sleep_mode
+        elif spec.enable_sleep_mode:
+            raise ValueError("vLLM sleep mode frees GPU memory and needs device=cuda; CPU engines cannot sleep")
         self.spec = spec
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -170,6 +181,17 @@ class VLLMEngine:
 
     def stats(self) -> ThroughputStats:
         return self._counter.snapshot()
+
+    def sleep(self) -> None:
+        """Free the GPU memory of weights and KV cache (level 1 keeps the weights in host memory)."""
+        if not self.spec.enable_sleep_mode:
+            raise RuntimeError("sleep() needs an engine built with EngineSpec(enable_sleep_mode=True)")
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Take the GPU memory back; cached prefixes are gone, so the cache is reset."""
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()
 
     def shutdown(self) -> None:
         del self.llm

@@ -14,6 +14,12 @@ from rlaif.stages.pipeline import Stage
 # name -> "module:function"
 _STAGES = {
     "smoke": "rlaif.stages.smoke:smoke_stage",
+    "sl_cai": "rlaif.stages.sl_cai:sl_cai_stage",
+    "sft": "rlaif.stages.sft:sft_stage",
+    "preferences": "rlaif.stages.preferences:preferences_stage",
+    "reward_model": "rlaif.stages.reward_model:reward_model_stage",
+    "rl_cai": "rlaif.stages.rl_cai:rl_cai_stage",
+    "evaluate": "rlaif.stages.evaluate:evaluate_stage",
 }
 STAGE_NAMES = tuple(_STAGES)
 

@@ -26,7 +26,7 @@ def test_default_config_composes_to_typed_objects() -> None:
     assert run.run_dir == "runs/smoke"
 
 
-@pytest.mark.parametrize("group", ["engine", "cluster", "deepspeed", "model"])
+@pytest.mark.parametrize("group", ["engine", "cluster", "deepspeed", "model", "sl_cai", "sft", "label", "reward_model"])
 def test_every_file_of_every_group_composes(group: str) -> None:
     for path in sorted((CONF / group).glob("*.yaml")):
         run = compose_run([f"{group}={path.stem}"])
@@ -46,3 +46,12 @@ def test_mistyped_value_fails() -> None:
 def test_bad_enum_value_is_rejected_with_the_field_name() -> None:
     with pytest.raises(ValueError, match="engine.backend"):
         compose_run(["engine.backend=tensorrt"])
+
+
+def test_sl_cai_and_sft_values_are_checked_with_the_field_named() -> None:
+    run = compose_run([])
+    assert run.stages[:2] == ["sl_cai", "sft"] and run.sl_cai.rounds == 2 and run.sft.steps == 4
+    with pytest.raises(ValueError, match="sl_cai.rounds"):
+        compose_run(["sl_cai.rounds=0"])
+    with pytest.raises(ValueError, match="sft.lr"):
+        compose_run(["sft.lr=0"])

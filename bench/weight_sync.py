@@ -1,0 +1,85 @@
+"""Weight-sync time against bytes moved: PPO learner rank 0 -> 1..N vLLM rollout engines.
+
+    python bench/weight_sync.py                          # embedded model, 1 then 2 engines
+    python bench/weight_sync.py --engines 1 2 4 --bucket-mb 16 64 256
+
+Starts a local Ray cluster, one real `PPOTrainer` rank (ZeRO-2 on CPU) and, for each
+engine count, a pool of `RolloutWorker` actors joined to it by `PolicySync`; each push
+is timed from the first receive call to the last engine's reload (gather, gloo
+broadcast, and vLLM's in-place reload with CPU re-packing). Prints one JSON object.
+Run it on an idle machine: shared cores make every number noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+import ray
+
+from rlaif.actors.cluster import RoleGroupSpec
+from rlaif.actors.policy_sync import PolicySync
+from rlaif.actors.pool import ActorPool, engine_env
+from rlaif.actors.rollout import RolloutWorker
+from rlaif.actors.trainer_group import TrainerGroup
+from rlaif.engines.base import EngineSpec
+from rlaif.engines.models import EMBEDDED_MODEL, resolve_model
+from rlaif.trainers.ds_config import build_ds_config
+from rlaif.trainers.ppo import PPOTrainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=EMBEDDED_MODEL)
+    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--bucket-mb", type=int, nargs="+", default=[64])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    model = str(resolve_model(args.model))
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    ray.init(num_cpus=max(args.engines) + 1, include_dashboard=False, log_to_driver=False)
+    config = build_ds_config(2, 1, 1, 1, 1e-6, 0.0, 1.0, False, True, 0)
+    learner_args = {
+        "policy_path": model,
+        "reference_path": model,
+        "critic_path": model,
+        "actor_ds_config": config,
+        "critic_ds_config": config,
+        "temperature": 1.0,
+    }
+    learner = TrainerGroup(PPOTrainer, RoleGroupSpec("learner", 1, 1, 0), learner_args)
+    results = []
+    try:
+        for n in args.engines:
+            spec = EngineSpec(model_path=model, max_model_len=512, kv_cache_gib=1)
+            pool = ActorPool(RolloutWorker, RoleGroupSpec("rollout", n, 1, 0), (spec,), engine_env(1))
+            try:
+                sync = PolicySync(learner, pool, "gloo", args.bucket_mb[0] << 20)
+                for mb in args.bucket_mb:
+                    sync.bucket_bytes = mb << 20
+                    reports = [sync.push(version) for version in range(1, args.repeats + 1)]
+                    seconds = [r.seconds for r in reports]
+                    results.append(
+                        {
+                            "engines": n,
+                            "bucket_mb": mb,
+                            "buckets": reports[0].buckets,
+                            "mb_per_engine": reports[0].bytes / 1e6,
+                            "seconds_median": statistics.median(seconds),
+                            "seconds": seconds,
+                            "send_seconds_median": statistics.median(r.send_seconds for r in reports),
+                            "gb_per_s_all_engines": n * reports[0].bytes / 1e9 / statistics.median(seconds),
+                        }
+                    )
+            finally:
+                pool.shutdown()
+    finally:
+        learner.shutdown()
+        ray.shutdown()
+    print(json.dumps({"model": args.model, "load_avg_1m": os.getloadavg()[0], "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

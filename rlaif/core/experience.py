@@ -1,0 +1,273 @@
+"""PPO experience: padded rollout batches, the learner's per-token outputs, and the advantages built from them.
+
+One PPO iteration (Ziegler et al. 2019, arXiv 1909.08593; Ouyang et al. 2022) turns
+sampled responses into training data in three typed steps:
+
+1. `collate_rollouts`: prompts and responses as token ids -> a `RolloutBatch`, padded
+   so that prompt + response is one forward pass (prompts left-padded, responses
+   right-padded: every response starts at the same column).
+2. The learner returns `PolicyOutputs` for it: the policy's and the reference's
+   log-probs of the sampled tokens and the critic's values, each (batch, response_len).
+3. `make_experience`: scores + outputs -> per-token KL-penalised rewards, GAE
+   advantages and returns, optionally whitened advantages -> an `ExperienceBatch`.
+
+Every type here is a NamedTuple of tensors with batch first, so `index_batch` /
+`split_batch` slice any of them along the batch for mini-batches and rank shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import NamedTuple, TypeVar
+
+import torch
+
+from rlaif.core.advantages import KLKind, gae, token_rewards
+from rlaif.core.tensor_ops import masked_mean, masked_whiten
+
+
+class RolloutBatch(NamedTuple):
+    """Prompts and sampled responses, padded for one forward pass of prompt + response.
+
+    Attributes:
+        prompt_ids: (batch, prompt_len) long, left-padded.
+        prompt_mask: (batch, prompt_len) long, 1 on real prompt tokens.
+        response_ids: (batch, response_len) long, right-padded.
+        response_mask: (batch, response_len) long, 1 on real response tokens.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+
+class PolicyOutputs(NamedTuple):
+    """What the learner computes for a `RolloutBatch`; each (batch, response_len), 0 on padding.
+
+    Attributes:
+        logprobs: log-probs of the sampled tokens under the current policy.
+        ref_logprobs: the same under the frozen reference (SFT) policy.
+        values: the critic's value of the state before each response token.
+    """
+
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+
+
+class ExperienceBatch(NamedTuple):
+    """Everything a PPO update needs for a batch of samples.
+
+    Attributes:
+        prompt_ids, prompt_mask, response_ids, response_mask: as in `RolloutBatch`.
+        old_logprobs: (batch, response_len) policy log-probs at rollout time.
+        ref_logprobs: (batch, response_len) reference log-probs.
+        values: (batch, response_len) critic values at rollout time.
+        scores: (batch,) reward-model (or rule) scores of the responses.
+        rewards: (batch, response_len) per-token rewards: -β·KL, plus the score on the last token.
+        advantages: (batch, response_len) GAE advantages (whitened if asked), 0 on padding.
+        returns: (batch, response_len) value targets, 0 on padding.
+        policy_version: (batch,) long, the policy version that sampled each response.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    policy_version: torch.Tensor
+
+    def rollout(self) -> RolloutBatch:
+        """The token ids and masks alone, for a forward pass."""
+        return RolloutBatch(self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask)
+
+
+class ExperienceStats(NamedTuple):
+    """Batch means for logging: score, per-sequence KL to the reference, response length, advantages."""
+
+    score_mean: float
+    score_std: float
+    kl_mean: float
+    response_length_mean: float
+    return_mean: float
+    value_mean: float
+
+
+B = TypeVar("B", RolloutBatch, PolicyOutputs, ExperienceBatch)
+
+
+def collate_rollouts(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_token_id: int
+) -> RolloutBatch:
+    """Pad prompts on the left and responses on the right into one `RolloutBatch`.
+
+    Left-padding prompts puts every response's first token in the same column, so
+    the logits that predict response token t sit at column ``prompt_len - 1 + t`` in
+    every row. Models must then get position ids from the mask (see
+    `position_ids_from_mask`), or a padded row would start at the wrong position.
+
+    Raises:
+        ValueError: if the lengths differ, the batch is empty, or a prompt or a
+            response has no tokens (an empty response has no token to score).
+    """
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"need as many prompts as responses (>0), got {len(prompts)} and {len(responses)}")
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        if not p or not r:
+            raise ValueError(f"sample {i}: empty {'prompt' if not p else 'response'}")
+    prompt_len = max(len(p) for p in prompts)
+    response_len = max(len(r) for r in responses)
+    n = len(prompts)
+    prompt_ids = torch.full((n, prompt_len), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((n, prompt_len), dtype=torch.long)
+    response_ids = torch.full((n, response_len), pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros((n, response_len), dtype=torch.long)
+    for row, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        prompt_ids[row, prompt_len - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        prompt_mask[row, prompt_len - len(p) :] = 1
+        response_ids[row, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        response_mask[row, : len(r)] = 1
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only: 0 at each row's first real token.
+
+    Args:
+        attention_mask: (batch, seq_len), 1 on real tokens (left and/or right padding).
+
+    Returns:
+        (batch, seq_len) long; padding gets 0 (its attention is masked anyway).
+    """
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def index_batch(batch: B, index: torch.Tensor | slice) -> B:
+    """The rows `index` of every field (all fields are batch-first)."""
+    return type(batch)(*(field[index] for field in batch))
+
+
+def split_batch(batch: B, parts: int) -> list[B]:
+    """`parts` contiguous shards along the batch; sizes differ by at most one, in order."""
+    n = batch[0].shape[0]
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    size, extra = divmod(n, parts)
+    shards, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        shards.append(index_batch(batch, slice(start, end)))
+        start = end
+    return shards
+
+
+def concat_outputs(parts: Sequence[PolicyOutputs]) -> PolicyOutputs:
+    """Rank shards of `PolicyOutputs` back into one batch, padding response_len to the widest.
+
+    Shards come back as wide as their own longest response; the padding is 0,
+    which every consumer masks.
+    """
+    width = max(p.logprobs.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+    return PolicyOutputs(*(torch.cat([pad(p[i]) for p in parts]) for i in range(len(PolicyOutputs._fields))))
+
+
+def make_experience(
+    rollout: RolloutBatch,
+    outputs: PolicyOutputs,
+    scores: torch.Tensor,
+    policy_version: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: KLKind,
+    gamma: float,
+    lam: float,
+    whiten_advantages: bool,
+) -> tuple[ExperienceBatch, torch.Tensor]:
+    """Rewards, advantages and returns for one batch of samples (InstructGPT eq. 2 + GAE).
+
+    The score lands on each response's last token and every token pays
+    ``kl_coef`` times its KL estimate to the reference (`token_rewards`); GAE then
+    runs backwards over the response tokens (`gae`). Whitening normalises the
+    advantages over the whole batch's real tokens, so it must see the global
+    batch, not a rank's shard.
+
+    Args:
+        rollout: the padded samples.
+        outputs: the learner's log-probs, reference log-probs and values,
+            (batch, response_len) each (wider is cut to the rollout's width).
+        scores: (batch,) one score per response.
+        policy_version: (batch,) long, the version that sampled each response.
+        kl_coef: β.
+        kl_estimator: "k1", "k2" or "k3" (see `rlaif.core.advantages.kl_penalty`).
+        gamma: discount.
+        lam: GAE λ.
+        whiten_advantages: normalise advantages to mean 0, variance 1 over real tokens.
+
+    Returns:
+        The `ExperienceBatch` and the (batch,) per-sequence KL (unscaled by β),
+        which a KL controller and the logs read.
+    """
+    width = rollout.response_ids.shape[1]
+    logprobs, ref_logprobs, values = (t[:, :width] for t in outputs)
+    mask = rollout.response_mask.bool()
+    shaped = token_rewards(scores.to(logprobs.dtype), logprobs, ref_logprobs, mask, kl_coef, kl_estimator)
+    advantages, returns = gae(shaped.rewards, values, mask, gamma, lam)
+    if whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    batch = ExperienceBatch(
+        *rollout,
+        old_logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        scores=scores.to(logprobs.dtype),
+        rewards=shaped.rewards,
+        advantages=advantages,
+        returns=returns,
+        policy_version=policy_version.long(),
+    )
+    return batch, shaped.kl
+
+
+def experience_stats(batch: ExperienceBatch, kl: torch.Tensor) -> ExperienceStats:
+    """Means over the batch (values and returns over real response tokens)."""
+    mask = batch.response_mask.bool()
+    scores = batch.scores.double()
+    return ExperienceStats(
+        score_mean=float(scores.mean()),
+        score_std=float(scores.std(unbiased=False)),
+        kl_mean=float(kl.double().mean()),
+        response_length_mean=float(mask.sum(dim=-1).double().mean()),
+        return_mean=float(masked_mean(batch.returns, mask)),
+        value_mean=float(masked_mean(batch.values, mask)),
+    )
+
+
+def iteration_batch(ids: Sequence[str], size: int, iteration: int, seed: int) -> list[str]:
+    """The `size` ids that iteration `iteration` samples prompts for.
+
+    Iterations walk through `ids` in passes, each pass in its own seeded order
+    (``sha256(f"{seed}:{pass}:{id}")``), so every id is used once per pass and the
+    batch of an iteration never depends on anything but its index: a resumed run
+    samples the same prompts the killed one would have.
+    """
+    if not ids or size < 0 or iteration < 0:
+        raise ValueError(f"need ids, size >= 0 and iteration >= 0, got {len(ids)} ids, {size}, {iteration}")
+    orders: dict[int, list[str]] = {}
+    batch = []
+    for position in range(iteration * size, (iteration + 1) * size):
+        epoch, offset = divmod(position, len(ids))
+        if epoch not in orders:
+            orders[epoch] = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{epoch}:{i}".encode()).digest())
+        batch.append(orders[epoch][offset])
+    return batch

@@ -1,0 +1,262 @@
+"""The role groups of an RL-CAI run and how they are placed: learner, rollout engines, reward.
+
+`start_roles` builds, from config:
+
+- the learner: a `TrainerGroup` of `PPOTrainer` ranks (`cluster.learner`);
+- the rollout pool: `RolloutWorker` actors holding the policy in vLLM (`cluster.rollout`);
+- the reward: a pool of `RewardScorer` actors over ``<run_dir>/reward_model/model``
+  (`cluster.reward_scorer`), or a registered rule reward (`rlaif.core.rewards`) run in
+  the driver, behind one `Scorer` protocol;
+- the weight-sync group between learner rank 0 and every engine (`PolicySync`).
+
+Placement (``ppo.placement``): ``disaggregated`` gives each role its own bundles (CPUs
+or whole GPUs); ``colocated`` gives learner and rollout fractional GPUs of the same
+devices and has the engines sleep (free their GPU memory) while the learner works.
+Colocation is a GPU feature: on CPU it fails with a one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+
+from rlaif.actors.cluster import RoleGroupSpec
+from rlaif.actors.policy_sync import PolicySync
+from rlaif.actors.pool import ActorPool, engine_env, split_evenly
+from rlaif.actors.reward_scorer import RewardScorer
+from rlaif.actors.rollout import RolloutWorker
+from rlaif.actors.trainer_group import TrainerGroup
+from rlaif.config import PPOConfig, RoleResources, RunConfig, engine_spec
+from rlaif.core.experience import ExperienceBatch, PolicyOutputs, RolloutBatch, concat_outputs, split_batch
+from rlaif.core.io import read_manifest
+from rlaif.core.rewards import RewardSample, RuleReward, build_rule_reward
+from rlaif.engines.models import resolve_model
+from rlaif.trainers.ds_config import build_ds_config
+from rlaif.trainers.ppo import PPOTrainer, PPOTrainStats
+
+log = logging.getLogger(__name__)
+
+REWARD_MODEL = "reward_model"
+
+
+class Scorer(Protocol):
+    """Scores sampled responses, one float each, in order."""
+
+    def score(self, samples: Sequence[RewardSample]) -> list[float]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class RewardModelScorer:
+    """The reward model, sharded over a pool of `RewardScorer` actors."""
+
+    def __init__(self, pool: ActorPool) -> None:
+        self.pool = pool
+
+    def score(self, samples: Sequence[RewardSample]) -> list[float]:
+        shards = split_evenly(samples, len(self.pool))
+        refs = [
+            actor.score.remote([s.prompt for s in shard], [s.response for s in shard])
+            for actor, shard in zip(self.pool.actors, shards, strict=True)
+            if shard
+        ]
+        return [r for part in ray.get(refs) for r in part]
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+
+
+class RuleScorer:
+    """A registered rule reward, computed in the driver (it needs no model)."""
+
+    def __init__(self, fn: RuleReward) -> None:
+        self.fn = fn
+
+    def score(self, samples: Sequence[RewardSample]) -> list[float]:
+        return self.fn(samples)
+
+    def shutdown(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """The policy the run starts from (also the KL reference) and the reward model folder (if used)."""
+
+    policy: Path
+    reward_model: Path | None
+
+
+def model_paths(run: RunConfig, run_dir: Path, base_model: Path) -> ModelPaths:
+    """Resolve ``ppo.policy`` (null: the SFT stage's model, else the base) and the reward model folder."""
+    cfg, sft_model = run.ppo, run_dir / "sft" / "model"
+    if cfg.policy:
+        policy = resolve_model(cfg.policy)
+    elif read_manifest(run_dir / "sft") is not None and (sft_model / "config.json").is_file():
+        policy = sft_model.resolve()
+    else:
+        log.warning("rl_cai: no finished SFT model at %s; starting from the base model %s", sft_model, base_model)
+        policy = base_model
+    if cfg.reward != REWARD_MODEL:
+        build_rule_reward(cfg.reward)  # fail now on an unknown rule, not after the engines start
+        return ModelPaths(policy, None)
+    reward_model = run_dir / "reward_model" / "model"
+    if not (reward_model / "config.json").is_file():
+        raise ValueError(
+            f"ppo.reward=reward_model: no reward model at {reward_model}; run the reward_model stage first "
+            "or set ppo.reward to a rule reward"
+        )
+    return ModelPaths(policy, reward_model.resolve())
+
+
+def sync_backend(run: RunConfig) -> str:
+    """gloo on CPU; NCCL on GPUs unless colocated (NCCL cannot put two ranks of a group on one GPU)."""
+    chosen = run.ppo.sync_backend
+    if chosen == "auto":
+        return "nccl" if run.engine.device == "cuda" and run.ppo.placement == "disaggregated" else "gloo"
+    if chosen == "nccl" and run.ppo.placement == "colocated":
+        raise ValueError("ppo.sync_backend=nccl cannot link a learner and an engine on the same GPU; use gloo or auto")
+    return chosen
+
+
+def role_specs(run: RunConfig) -> tuple[RoleGroupSpec, RoleGroupSpec, RoleGroupSpec]:
+    """Learner, rollout and reward-scorer resources from ``cluster.*``, checked against ``ppo.placement``."""
+    c, strategy = run.cluster, run.cluster.placement_strategy
+    learner, rollout = c.learner, c.rollout
+    if run.ppo.placement == "colocated":
+        if run.engine.device != "cuda":
+            raise ValueError(
+                "ppo.placement=colocated shares GPUs between learner and rollout engines (the engines sleep while "
+                "the learner trains) and needs engine.device=cuda; on CPU use ppo.placement=disaggregated"
+            )
+        shares = (learner.gpus_per_worker, rollout.gpus_per_worker)
+        if learner.num_workers != rollout.num_workers or not all(0 < g < 1 for g in shares) or sum(shares) > 1:
+            raise ValueError(
+                "ppo.placement=colocated needs as many rollout workers as learner ranks and fractional GPUs "
+                f"summing to <= 1 (e.g. 0.5 each); got learner {learner}, rollout {rollout}"
+            )
+
+    def spec(name: str, r: RoleResources) -> RoleGroupSpec:
+        return RoleGroupSpec(name, r.num_workers, r.cpus_per_worker, r.gpus_per_worker, strategy)
+
+    return spec("learner", learner), spec("rollout", rollout), spec("reward_scorer", c.reward_scorer)
+
+
+def learner_args(run: RunConfig, paths: ModelPaths, world_size: int) -> dict[str, Any]:
+    """The `PPOTrainer` constructor arguments (rank, world size and master address come from the group)."""
+    cfg, ds = run.ppo, run.deepspeed
+    per_step = cfg.micro_batch_size * world_size
+    if cfg.mini_batch_size % per_step:
+        raise ValueError(
+            f"ppo.mini_batch_size ({cfg.mini_batch_size}) must be a multiple of micro_batch_size x learner ranks "
+            f"({cfg.micro_batch_size} x {world_size})"
+        )
+
+    def ds_config(lr: float) -> dict[str, Any]:
+        return build_ds_config(
+            zero_stage=ds.zero_stage,
+            micro_batch_size=cfg.micro_batch_size,
+            grad_accum_steps=cfg.mini_batch_size // per_step,
+            world_size=world_size,
+            lr=lr,
+            weight_decay=0.0,
+            grad_clip=cfg.grad_clip,
+            bf16=ds.bf16,
+            offload_optimizer=ds.offload_optimizer,
+            warmup_steps=0,
+        )
+
+    return {
+        "policy_path": str(paths.policy),
+        "reference_path": str(paths.policy),
+        # InstructGPT / OpenRLHF start the value model from the reward model; a rule reward has none.
+        "critic_path": str(paths.reward_model or paths.policy),
+        "actor_ds_config": ds_config(cfg.actor_lr),
+        "critic_ds_config": ds_config(cfg.critic_lr),
+        "temperature": cfg.temperature,
+        "gradient_checkpointing": ds.gradient_checkpointing,
+        "seed": run.seed,
+    }
+
+
+class PPORoles:
+    """Every actor of an RL-CAI run, and the calls that fan out over the learner's ranks."""
+
+    def __init__(self, run: RunConfig, paths: ModelPaths) -> None:
+        self.colocated = run.ppo.placement == "colocated"
+        learner_spec, rollout_spec, scorer_spec = role_specs(run)
+        backend = sync_backend(run)
+        log.info(
+            "rl_cai: starting %d learner rank(s) and %d rollout engine(s) (%s, weight sync over %s)",
+            learner_spec.num_workers,
+            rollout_spec.num_workers,
+            run.ppo.placement,
+            backend,
+        )
+        started: list[TrainerGroup | ActorPool | Scorer] = []
+        try:
+            self.learner = TrainerGroup(PPOTrainer, learner_spec, learner_args(run, paths, learner_spec.num_workers))
+            started.append(self.learner)
+            spec = dataclasses.replace(engine_spec(run, str(paths.policy)), enable_sleep_mode=self.colocated)
+            self.rollout = ActorPool(RolloutWorker, rollout_spec, (spec,), engine_env(rollout_spec.cpus_per_worker))
+            started.append(self.rollout)
+            self.scorer = _make_scorer(run, paths, scorer_spec)
+            started.append(self.scorer)
+            self.sync = PolicySync(self.learner, self.rollout, backend, run.ppo.sync_bucket_mb << 20)
+        except BaseException:
+            for role in reversed(started):
+                role.shutdown()
+            raise
+
+    def policy_outputs(self, rollout: RolloutBatch) -> PolicyOutputs:
+        """Log-probs, reference log-probs and values, each rank computing its contiguous shard."""
+        shards = split_batch(rollout, self.learner.world_size)
+        return concat_outputs(self.learner.run("logprobs_and_values", [(shard,) for shard in shards]))
+
+    def train(self, experience: ExperienceBatch, cfg: PPOConfig) -> PPOTrainStats:
+        """PPO epochs on every rank's shard of the experience; the stats are global (rank 0's copy)."""
+        world = self.learner.world_size
+        args = (
+            cfg.ppo_epochs,
+            cfg.mini_batch_size // world,
+            cfg.clip_eps,
+            cfg.value_clip,
+            cfg.vf_coef,
+            cfg.entropy_coef,
+        )
+        stats: PPOTrainStats = self.learner.run("train", [(shard, *args) for shard in split_batch(experience, world)])[
+            0
+        ]
+        return stats
+
+    def engines_sleep(self) -> None:
+        """Colocated: free the engines' GPU memory for the learner (a no-op when disaggregated)."""
+        if self.colocated:
+            self.rollout.call_all("sleep")
+
+    def engines_wake(self) -> None:
+        if self.colocated:
+            self.rollout.call_all("wake_up")
+
+    def shutdown(self) -> None:
+        for role in (self.scorer, self.rollout, self.learner):
+            role.shutdown()
+
+
+def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec) -> Scorer:
+    if paths.reward_model is None:
+        return RuleScorer(build_rule_reward(run.ppo.reward))
+    args = (
+        str(paths.reward_model),
+        run.engine.device,
+        run.engine.dtype,
+        run.ppo.micro_batch_size,
+        run.reward_model.max_len,
+    )
+    return RewardModelScorer(ActorPool(RewardScorer, spec, args, engine_env(spec.cpus_per_worker)))

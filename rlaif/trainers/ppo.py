@@ -1,0 +1,343 @@
+"""The PPO learner (RL-CAI, DESIGN §1 stage 2 step 7): one DeepSpeed rank of actor, critic and reference.
+
+`PPOTrainer` is plain Python holding one rank of a data-parallel group;
+`rlaif.actors.trainer_group.TrainerGroup` runs N of them as Ray actors. Each rank holds
+
+- the policy (actor): a causal LM in its own DeepSpeed engine;
+- the value model (critic): a causal-LM backbone with a scalar head read at every
+  position (`ValueModel`), in a second DeepSpeed engine, started from the reward
+  model's folder as in InstructGPT / OpenRLHF (or from a causal LM with a zero head);
+- the reference: the frozen starting (SFT) policy, a plain module with no optimizer.
+
+The driver calls `logprobs_and_values` on rank shards of a `RolloutBatch`, builds the
+advantages itself over the global batch (`rlaif.core.experience.make_experience`),
+then `train` on rank shards of the `ExperienceBatch`: clipped surrogate
+(`ppo_policy_loss`), clipped value loss, an optional entropy bonus, for
+`ppo_epochs` passes in shuffled mini-batches. Log-probs are of the logits divided by
+the sampling temperature: the distribution the rollout engines sampled from.
+
+Weight sync (DESIGN §5): rank 0 joins a broadcast group with the rollout engines
+(`join_sync_group`); `send_weights` is called on every rank, because under ZeRO-3 each
+bucket's parameters are gathered collectively (`deepspeed.zero.GatheredParameters`),
+one bucket at a time, never the whole model at once; rank 0 then broadcasts it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from rlaif.core.buckets import TensorMeta, plan_buckets
+from rlaif.core.experience import (
+    ExperienceBatch,
+    PolicyOutputs,
+    RolloutBatch,
+    index_batch,
+    position_ids_from_mask,
+)
+from rlaif.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
+from rlaif.engines.weight_sync import SyncGroup, SyncStats, send_state
+from rlaif.trainers import distributed as D
+from rlaif.trainers.reward import RewardModel
+
+
+class PPOTrainStats(NamedTuple):
+    """Means over every micro-batch of every rank of one `train` call (grad norms: over optimizer steps)."""
+
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clip_fraction: float
+    actor_grad_norm: float
+    critic_grad_norm: float
+    optimizer_steps: int
+    seconds: float
+
+
+class ValueModel(torch.nn.Module):
+    """``forward(input_ids, attention_mask, position_ids) -> (batch, seq_len)`` values, one per position.
+
+    Wraps a transformers sequence-classification model (backbone + ``score`` head)
+    and applies the head at every position instead of only the last one.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        values: torch.Tensor = self.model.score(hidden).squeeze(-1).float()
+        return values
+
+
+class PPOTrainer:
+    """One rank of the PPO learner group."""
+
+    def __init__(
+        self,
+        policy_path: str,
+        reference_path: str,
+        critic_path: str,
+        actor_ds_config: dict[str, Any],
+        critic_ds_config: dict[str, Any],
+        temperature: float,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        gradient_checkpointing: bool = False,
+        seed: int = 0,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if temperature <= 0:
+            raise ValueError(f"PPO needs a sampling temperature > 0, got {temperature}")
+        D.init_process_group(rank, world_size, master_addr, master_port, D.default_backend())
+        self.rank, self.world_size, self.master_addr = rank, world_size, master_addr
+        self.temperature, self.seed = temperature, seed
+        torch.manual_seed(seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        pad_id = D.pad_token_id(self.tokenizer)
+        dtype = torch.bfloat16 if actor_ds_config.get("bf16", {}).get("enabled") else torch.float32
+        policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
+        critic = ValueModel(RewardModel.from_pretrained(critic_path, pad_id, dtype).model)
+        if gradient_checkpointing:
+            for m in (policy, critic.model):
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.actor = D.create_engine(policy, actor_ds_config)
+        self.critic = D.create_engine(critic, critic_ds_config)
+        self.reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=dtype).to(self.actor.device)
+        self.reference.eval().requires_grad_(False)
+        self.micro_batch_size = int(self.actor.train_micro_batch_size_per_gpu())
+        self.zero_stage = D.zero_stage(self.actor)
+        self.step = 0
+        self.sync_group: SyncGroup | None = None
+        # Parameters in a fixed order: both ends of the broadcast derive buckets from it.
+        self._sync_params = list(self.actor.module.named_parameters())
+
+    # --- rollout-time outputs -------------------------------------------------
+
+    @torch.no_grad()
+    def logprobs_and_values(self, batch: RolloutBatch) -> PolicyOutputs:
+        """Policy and reference log-probs and critic values for this rank's shard; all ranks call together.
+
+        Returns (batch, response_len) tensors on CPU, 0 on padding.
+        """
+        self.actor.eval()
+        self.critic.eval()
+        parts: list[PolicyOutputs] = []
+        for chunk in D.lockstep_chunks(range(batch.prompt_ids.shape[0]), self.micro_batch_size):
+            # A rank out of rows still runs a pass: ZeRO-3 gathers parameters collectively.
+            rows = index_batch(batch, torch.tensor(chunk or [0]))
+            mask = rows.response_mask
+            logprobs, _ = self._logprobs(self.actor, rows)
+            ref_logprobs, _ = self._logprobs(self.reference, rows)
+            values = self._values(rows)
+            if chunk:
+                masked = (torch.where(mask.bool(), t, 0.0).cpu() for t in (logprobs, ref_logprobs, values))
+                parts.append(PolicyOutputs(*masked))
+        self.actor.train()
+        self.critic.train()
+        return PolicyOutputs(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+
+    # --- the PPO update ---------------------------------------------------------
+
+    def train(
+        self,
+        experience: ExperienceBatch,
+        ppo_epochs: int,
+        mini_batch_size: int,
+        clip_eps: float,
+        value_clip: float,
+        vf_coef: float,
+        entropy_coef: float,
+    ) -> PPOTrainStats:
+        """`ppo_epochs` passes over this rank's shard in shuffled mini-batches; all ranks call together.
+
+        `mini_batch_size` is this rank's samples per optimizer step; the DeepSpeed
+        configs' micro-batch size times gradient accumulation must equal it.
+        """
+        n = experience.prompt_ids.shape[0]
+        accum = int(self.actor.gradient_accumulation_steps())
+        if mini_batch_size != self.micro_batch_size * accum or n % mini_batch_size:
+            raise ValueError(
+                f"rank {self.rank}: {n} samples must split into mini-batches of {mini_batch_size} "
+                f"= micro_batch_size {self.micro_batch_size} x grad_accum {accum}"
+            )
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        sums = _Sums()
+        for _ in range(ppo_epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, self.micro_batch_size):
+                micro = index_batch(experience, order[start : start + self.micro_batch_size])
+                self._micro_step(micro, clip_eps, value_clip, vf_coef, entropy_coef, sums)
+        self.step += 1
+        return sums.reduce(time.perf_counter() - started)
+
+    def _micro_step(
+        self, mb: ExperienceBatch, clip_eps: float, value_clip: float, vf_coef: float, entropy_coef: float, sums: _Sums
+    ) -> None:
+        """One forward/backward of actor and critic; DeepSpeed steps at the accumulation boundary."""
+        device = self.actor.device
+        mask = mb.response_mask.to(device)
+        logprobs, logits = self._logprobs(self.actor, mb.rollout())
+        pg_loss, stats = ppo_policy_loss(logprobs, mb.old_logprobs.to(device), mb.advantages.to(device), mask, clip_eps)
+        # The entropy bonus needs the graph only when it is on; it is logged either way.
+        with nullcontext() if entropy_coef else torch.no_grad():
+            entropy = entropy_from_logits(logits, mask)
+        boundary = self.actor.is_gradient_accumulation_boundary()
+        self.actor.backward(pg_loss - entropy_coef * entropy if entropy_coef else pg_loss)
+        self.actor.step()
+        values = self._values(mb.rollout())
+        v_loss = value_loss(values, mb.values.to(device), mb.returns.to(device), mask, value_clip)
+        # With its own optimizer the critic's loss scale is its learning rate's business;
+        # vf_coef is kept for parity with shared-trunk PPO (Adam undoes most of it).
+        self.critic.backward(vf_coef * v_loss)
+        self.critic.step()
+        sums.add(pg_loss, v_loss, entropy, stats.approx_kl, stats.clip_fraction)
+        if boundary:
+            sums.add_norms(D.grad_norm(self.actor), D.grad_norm(self.critic))
+
+    def _logprobs(self, model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs (batch, response_len) of the response tokens and their tempered logits (…, vocab)."""
+        device = self.actor.device
+        ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1).to(device)
+        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1).to(device)
+        width = batch.response_ids.shape[1]
+        # The logits that predict the response: the last width+1 positions but the final one.
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=False,
+            logits_to_keep=width + 1,
+        )
+        logits = out.logits[:, :-1].float() / self.temperature
+        targets = batch.response_ids.to(device).unsqueeze(-1)
+        logprobs = logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(dim=-1)
+        return logprobs, logits
+
+    def _values(self, batch: RolloutBatch) -> torch.Tensor:
+        """Critic values (batch, response_len) of the states before each response token."""
+        device = self.critic.device
+        ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1).to(device)
+        mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1).to(device)
+        width, prompt_len = batch.response_ids.shape[1], batch.prompt_ids.shape[1]
+        values: torch.Tensor = self.critic(ids, mask, position_ids_from_mask(mask))
+        return values[:, prompt_len - 1 : prompt_len - 1 + width]
+
+    # --- weight sync --------------------------------------------------------------
+
+    def sync_address(self) -> tuple[str, int]:
+        """Rank 0: an address and free port on its node for the broadcast group's store."""
+        return self.master_addr, D.find_free_port()
+
+    def join_sync_group(self, master_addr: str, master_port: int, world_size: int, backend: str) -> None:
+        """Rank 0: join the broadcast group as its rank 0 (blocks until every engine joins too)."""
+        if self.rank != 0:
+            raise RuntimeError(f"only learner rank 0 sends weights; this is rank {self.rank}")
+        self.sync_group = SyncGroup(master_addr, master_port, 0, world_size, backend)
+
+    def tensor_metas(self) -> list[TensorMeta]:
+        """Name, full (unsharded) shape and dtype of every policy parameter, in sending order."""
+        return [
+            TensorMeta(name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+            for name, p in self._sync_params
+        ]
+
+    def send_weights(self, bucket_bytes: int) -> SyncStats:
+        """Broadcast the policy, bucket by bucket; all ranks call (ZeRO-3 gathers are collective).
+
+        Returns rank 0's `SyncStats`; other ranks return zeros.
+        """
+        if self.rank == 0 and self.sync_group is None:
+            raise RuntimeError("send_weights called before join_sync_group")
+        metas = self.tensor_metas()
+        started, sent, buckets = time.perf_counter(), 0, 0
+        for bucket in plan_buckets(metas, bucket_bytes):
+            params = [self._sync_params[i][1] for i in bucket]
+            with self._gathered(params):
+                if self.sync_group is not None:
+                    tensors, bucket_metas = [p.data for p in params], [metas[i] for i in bucket]
+                    stats = send_state(self.sync_group, tensors, bucket_metas, bucket_bytes)
+                    sent, buckets = sent + stats.bytes, buckets + stats.buckets
+        return SyncStats(sent, time.perf_counter() - started if self.rank == 0 else 0.0, buckets)
+
+    @contextmanager
+    def _gathered(self, params: list[torch.nn.Parameter]) -> Iterator[None]:
+        """Whole tensors for the duration: gathered from their shards under ZeRO-3, as they are otherwise."""
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                yield
+        else:
+            yield
+
+    # --- saving and resuming ----------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Write the policy and tokenizer as a Hugging Face folder (all ranks call; rank 0 writes)."""
+        D.save_hf_folder(self.actor.module, self.tokenizer, path, self.zero_stage, self.rank)
+
+    def save_checkpoint(self, directory: str) -> None:
+        """Actor and critic training state under `directory`/{actor,critic} (all ranks call)."""
+        D.save_engine_checkpoint(self.actor, Path(directory) / "actor", self.step)
+        D.save_engine_checkpoint(self.critic, Path(directory) / "critic", self.step)
+
+    def load_checkpoint(self, directory: str) -> int:
+        """Resume actor and critic from `save_checkpoint`; return the number of updates made so far."""
+        self.step = D.load_engine_checkpoint(self.actor, Path(directory) / "actor")
+        D.load_engine_checkpoint(self.critic, Path(directory) / "critic")
+        return self.step
+
+
+class _Sums:
+    """Running sums of this rank's per-micro-batch metrics, reduced over ranks at the end."""
+
+    def __init__(self) -> None:
+        self.values = [0.0] * 5
+        self.micro = 0
+        self.norms = [0.0, 0.0]
+        self.steps = 0
+
+    def add(self, *metrics: torch.Tensor) -> None:
+        for i, m in enumerate(metrics):
+            self.values[i] += float(m.detach())
+        self.micro += 1
+
+    def add_norms(self, actor: float, critic: float) -> None:
+        self.norms[0] += actor
+        self.norms[1] += critic
+        self.steps += 1
+
+    def reduce(self, seconds: float) -> PPOTrainStats:
+        totals = D.all_reduce_sums([*self.values, float(self.micro)])
+        micro = max(totals[-1], 1.0)
+        policy_loss, v_loss, entropy, approx_kl, clip_fraction = (v / micro for v in totals[:-1])
+        # Grad norms are global already (identical on every rank): average over this rank's steps.
+        steps = max(self.steps, 1)
+        return PPOTrainStats(
+            policy_loss=policy_loss,
+            value_loss=v_loss,
+            entropy=entropy,
+            approx_kl=approx_kl,
+            clip_fraction=clip_fraction,
+            actor_grad_norm=self.norms[0] / steps,
+            critic_grad_norm=self.norms[1] / steps,
+            optimizer_steps=self.steps,
+            seconds=seconds,
+        )

@@ -1,0 +1,52 @@
+"""The whole default pipeline, ``python -m rlaif.run``, on the embedded model (minutes).
+
+SL-CAI -> SFT -> preferences -> reward model -> RL-CAI (PPO) -> evaluation, in a fresh
+run folder; every stage must leave its manifest and the evaluation its summary. A second
+invocation finds every stage done and skips them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate")
+
+
+def _run(run_dir: Path) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "rlaif.run", f"run_dir={run_dir}", "cluster.include_dashboard=false"]
+    args.append("logging.wandb_mode=disabled")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+
+
+@pytest.mark.slow
+def test_default_pipeline_runs_every_stage_on_the_embedded_model(embedded_model: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    started = time.perf_counter()
+    done = _run(run_dir)
+    wall = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-4000:]
+    for stage in STAGES:
+        manifest = run_dir / stage / "MANIFEST.json"
+        assert manifest.is_file(), f"stage {stage} left no manifest"
+    summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+    for pair in ("policy_vs_initial", "policy_vs_sft", "sft_vs_initial"):
+        for prompt_set in ("red_team", "helpful"):
+            assert 0.0 <= summary["win_rates"][pair][prompt_set]["win_rate"] <= 1.0
+    assert "rm_score_mean" in summary["models"]["policy"]["red_team"]
+    rl = json.loads((run_dir / "rl_cai" / "MANIFEST.json").read_text())
+    assert rl["counts"]["iterations"] >= 1 and rl["summary"]["sync_bytes"] > 0
+    assert (run_dir / "rl_cai" / "policy" / "model.safetensors").is_file()
+    print(f"\nwhole pipeline: {wall:.0f} s")
+
+    again = _run(run_dir)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert all(f"stage {s}: done already" in again.stderr + again.stdout for s in STAGES)

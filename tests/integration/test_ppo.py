@@ -1,0 +1,234 @@
+"""The PPO learner with real DeepSpeed ranks and real vLLM rollout engines, on the tiny model.
+
+1. Weight sync with the real `PPOTrainer` as sender: after a PPO update and a sync,
+   every engine's greedy output and option log-probs equal the learner's own model's
+   (ZeRO-2 with two engines; ZeRO-3 with two ranks, whose shards are gathered per bucket).
+2. A short RL-CAI run with a rule reward (how often one token appears): the mean reward
+   clearly rises.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from hydra import compose, initialize_config_dir
+
+from rlaif.actors.cluster import RoleGroupSpec
+from rlaif.actors.policy_sync import PolicySync
+from rlaif.actors.pool import ActorPool, engine_env
+from rlaif.actors.rollout import RolloutWorker
+from rlaif.actors.trainer_group import TrainerGroup
+from rlaif.config import RunConfig, register_configs, to_run_config
+from rlaif.core.experience import collate_rollouts, concat_outputs, make_experience, split_batch
+from rlaif.core.io import read_jsonl, read_manifest
+from rlaif.core.prompts import load_prompts
+from rlaif.core.sink import NullSink
+from rlaif.engines.base import EngineSpec, Message, OptionRequest, SamplingParams
+from rlaif.engines.hf_engine import TransformersEngine
+from rlaif.stages.pipeline import StageContext
+from rlaif.stages.ppo_roles import role_specs, sync_backend
+from rlaif.trainers import distributed as D
+from rlaif.trainers.ds_config import build_ds_config
+from rlaif.trainers.ppo import PPOTrainer
+
+# Ray workers cannot import test modules: ship this module's classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+PROMPTS = [[Message("user", "Name a colour.")], [Message("user", "Tell me a story.")], "Once upon a time"]
+OPTIONS = [OptionRequest("Pick one: (", ("A", "B")), OptionRequest("The sky is", (" blue", " green", " red"))]
+
+
+def _outputs(engine: object) -> tuple[list[tuple[int, ...]], list[tuple[float, ...]]]:
+    greedy = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=12))  # type: ignore[attr-defined]
+    scores = engine.score_options(OPTIONS)  # type: ignore[attr-defined]
+    return [g.completions[0].token_ids for g in greedy], [s.logprobs for s in scores]
+
+
+class InspectedPPOTrainer(PPOTrainer):
+    """The real learner, plus a look at its own weights through a transformers engine (all ranks call)."""
+
+    def learner_outputs(self, model_path: str) -> tuple[list, list] | None:
+        state = D.full_state_dict(self.actor.module, self.zero_stage, self.rank)
+        if state is None:
+            return None
+        hf = TransformersEngine(EngineSpec(model_path=model_path, backend="transformers", max_model_len=256))
+        hf.update_weights(state.items(), version=1)
+        return _outputs(hf)
+
+
+class InspectedRollout(RolloutWorker):
+    def outputs(self) -> tuple[list, list]:
+        return _outputs(self.engine)
+
+
+def _learner(tiny_model: Path, zero_stage: int, ranks: int) -> TrainerGroup:
+    config = build_ds_config(
+        zero_stage=zero_stage,
+        micro_batch_size=4,
+        grad_accum_steps=1,
+        world_size=ranks,
+        lr=1e-2,  # large, so that one update visibly changes greedy outputs
+        weight_decay=0.0,
+        grad_clip=0.0,
+        bf16=False,
+        offload_optimizer=True,
+        warmup_steps=0,
+    )
+    args = {
+        "policy_path": str(tiny_model),
+        "reference_path": str(tiny_model),
+        "critic_path": str(tiny_model),
+        "actor_ds_config": config,
+        "critic_ds_config": config,
+        "temperature": 1.0,
+    }
+    return TrainerGroup(InspectedPPOTrainer, RoleGroupSpec("learner", ranks, 0.5, 0), args)
+
+
+def _ppo_update(learner: TrainerGroup, rollout: ActorPool) -> None:
+    """One PPO update on sampled responses with arbitrary scores, the learner's shards as in the stage."""
+    prompts = [[Message("user", f"Say something about {i}.")] for i in range(4 * learner.world_size)]
+    gens = rollout.map_shards("generate", prompts, SamplingParams(temperature=1.0, max_new_tokens=8, seed=0))
+    batch = collate_rollouts([g.prompt_token_ids for g in gens], [g.completions[0].token_ids for g in gens], 0)
+    outputs = concat_outputs(learner.run("logprobs_and_values", [(s,) for s in split_batch(batch, learner.world_size)]))
+    # The learner's log-probs of the sampled tokens (prompts left-padded, responses right-padded)
+    # are the engine's own sampling log-probs: padding, positions and slicing line up.
+    for row, g in enumerate(gens):
+        want = torch.tensor(g.completions[0].logprobs)
+        assert torch.allclose(outputs.logprobs[row, : len(want)], want, atol=2e-3)
+        assert not outputs.logprobs[row, len(want) :].any()
+    scores = torch.linspace(-1.0, 1.0, len(gens))
+    exp, _ = make_experience(batch, outputs, scores, torch.zeros(len(gens)), 0.0, "k1", 1.0, 0.95, True)
+    stats = learner.run("train", [(s, 1, 4, 0.2, 0.2, 1.0, 0.0) for s in split_batch(exp, learner.world_size)])
+    assert stats[0].optimizer_steps == 1 and stats[0].actor_grad_norm > 0
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize(("zero_stage", "ranks", "engines"), [(2, 1, 2), (3, 2, 1)])
+def test_rollout_engines_match_the_ppo_learner_after_sync(
+    tiny_model: Path, zero_stage: int, ranks: int, engines: int
+) -> None:
+    learner = _learner(tiny_model, zero_stage, ranks)
+    engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256, kv_cache_gib=1)
+    pool = ActorPool(InspectedRollout, RoleGroupSpec("rollout", engines, 0.5, 0), (engine,), engine_env(1))
+    try:
+        sync = PolicySync(learner, pool, "gloo", bucket_bytes=256 * 1024)
+        before = pool.call_all("outputs")[0]
+        _ppo_update(learner, pool)
+        report = sync.push(version=1)
+        # A small bucket size forces many buckets; the tiny model is ~26 MB of fp32.
+        assert report.buckets > 1 and report.bytes > 20e6 and report.engines == engines
+        want_tokens, want_scores = learner.run_all("learner_outputs", str(tiny_model))[0]
+        for tokens, scores in pool.call_all("outputs"):
+            assert tokens == want_tokens
+            for got, want in zip(scores, want_scores, strict=True):
+                assert got == pytest.approx(want, abs=1e-4)
+        assert pool.call_all("policy_version") == [1] * engines
+        assert want_tokens != before[0], "the PPO update should have changed the greedy outputs"
+    finally:
+        pool.shutdown()
+        learner.shutdown()
+
+
+def _compose(overrides: list[str]) -> RunConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return to_run_config(compose(config_name="config", overrides=overrides))
+
+
+def test_colocated_placement_is_gpu_only_and_says_so() -> None:
+    with pytest.raises(ValueError, match="needs engine.device=cuda"):
+        role_specs(_compose(["ppo.placement=colocated"]))
+    gpu = ["ppo.placement=colocated", "engine=vllm-gpu", "cluster.learner.gpus_per_worker=0.5"]
+    with pytest.raises(ValueError, match="fractional GPUs"):
+        role_specs(_compose([*gpu, "cluster.rollout.gpus_per_worker=1"]))
+    learner, rollout, _ = role_specs(_compose([*gpu, "cluster.rollout.gpus_per_worker=0.5"]))
+    assert (learner.gpus_per_worker, rollout.gpus_per_worker) == (0.5, 0.5)
+    # NCCL cannot link two processes on one GPU: colocated sync falls back to gloo.
+    assert sync_backend(_compose([*gpu, "cluster.rollout.gpus_per_worker=0.5"])) == "gloo"
+
+
+def _policy_that_sometimes_says(tiny_model: Path, dest: Path, word: str, p_target: float) -> tuple[Path, int]:
+    """The tiny model, changed to say `word` about `p_target` of the time; returns its folder and the token id.
+
+    The random tiny policy is close to uniform over thousands of tokens, so a reward that counts one
+    token would never see it. Here the output head is untied from the input embeddings and the
+    token's row points along the mean final hidden state of sampled responses, which raises its
+    logit in every context; the row's length is chosen by bisection for a mean probability of
+    `p_target` over those response positions.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    token = tokenizer(word, add_special_tokens=False)["input_ids"][0]
+    chats = [[{"role": "user", "content": r.prompt}] for r in load_prompts("builtin:red_team")[:16]]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        hidden = []
+        for chat in chats:
+            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)["input_ids"]
+            seq = model.generate(torch.tensor([ids]), do_sample=True, top_k=0, max_new_tokens=16)
+            hidden.append(model.model(seq).last_hidden_state[0, len(ids) - 1 :])
+        states = torch.cat(hidden)
+        direction = states.mean(0) / states.mean(0).norm()
+        model.config.tie_word_embeddings = False
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+        low, high = 0.0, 16.0
+        for _ in range(30):
+            head.weight[token] = direction * (low + high) / 2
+            p = (states @ head.weight.T).softmax(-1)[:, token].mean().item()
+            low, high = ((low + high) / 2, high) if p < p_target else (low, (low + high) / 2)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest, token
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_ppo_raises_a_rule_reward(tiny_model: Path, tmp_path: Path) -> None:
+    from rlaif.stages.rl_cai import rl_cai_stage
+
+    # About 0.8 per 16-token response at first: PPO has a signal from the first iteration.
+    policy, token = _policy_that_sometimes_says(tiny_model, tmp_path / "policy", " the", p_target=0.05)
+    overrides = [
+        f"model.name={policy}",
+        f"run_dir={tmp_path}",
+        f"ppo.policy={policy}",
+        f"ppo.reward=token_count:{token}",
+        "ppo.iterations=10",
+        "ppo.prompts_per_iteration=16",
+        "ppo.max_new_tokens=16",
+        "ppo.mini_batch_size=8",
+        "ppo.micro_batch_size=8",
+        "ppo.ppo_epochs=2",
+        "ppo.actor_lr=1e-3",
+        "ppo.critic_lr=1e-3",
+        "ppo.kl_coef=0.0",
+        "ppo.checkpoint_every=3",
+        "engine.max_model_len=256",
+    ]
+    run = _compose(overrides)
+    rl_cai_stage(StageContext(run, tmp_path, policy, NullSink()))
+
+    rows = list(read_jsonl(tmp_path / "rl_cai" / "metrics.jsonl"))
+    rewards = [r["reward_mean"] for r in rows]
+    assert [r["iteration"] for r in rows] == list(range(10))
+    # Every iteration samples from the policy of the previous update.
+    assert [r["sample_policy_version"] for r in rows] == list(range(10))
+    # Measured: about 0.7 -> 2.5-3 tokens per response over 10 iterations.
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
+    assert last > first + 1.0 and last > 2 * first, f"rewards did not rise: {rewards}"
+    manifest = read_manifest(tmp_path / "rl_cai")
+    assert manifest is not None and manifest["counts"]["iterations"] == 10
+    assert set(manifest["summary"]["time_total_s"]) >= {"generation_s", "scoring_s", "training_s", "sync_s"}
+    assert (tmp_path / "rl_cai" / "policy" / "model.safetensors").is_file()
+    assert not (tmp_path / "rl_cai" / "checkpoint").exists()
+    samples = [json.loads(line) for line in (tmp_path / "rl_cai" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 10 * 16 and len({s["id"] for s in samples}) == len(samples)

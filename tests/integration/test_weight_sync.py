@@ -1,0 +1,100 @@
+"""Weight sync: a learner-side sender broadcasts new weights to vLLM rollout actors over gloo.
+
+After the sync, each rollout engine's greedy output and option log-probs equal those of
+the sender's own model on the same prompts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from rlaif.actors.cluster import RoleGroupSpec
+from rlaif.actors.pool import ActorPool, engine_env
+from rlaif.actors.rollout import RolloutWorker
+from rlaif.engines.base import EngineSpec, Message, OptionRequest, SamplingParams
+from rlaif.engines.hf_engine import TransformersEngine
+from rlaif.engines.weight_sync import SyncGroup, SyncStats, send_state, tensor_metas
+
+# Ray workers cannot import test modules: ship this module's classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+PROMPTS = [[Message("user", "Name a colour.")], "Once upon a time"]
+OPTIONS = [OptionRequest("Pick one: (", ("A", "B"))]
+
+
+class Sender:
+    """Stands in for the learner's rank 0: a transformers model whose weights are changed, then sent."""
+
+    def __init__(self, model_path: str) -> None:
+        self.engine = TransformersEngine(EngineSpec(model_path=model_path, backend="transformers", max_model_len=256))
+        self.group: SyncGroup | None = None
+
+    def address(self) -> tuple[str, int]:
+        from rlaif.trainers.distributed import find_free_port
+
+        return ray.util.get_node_ip_address(), find_free_port()
+
+    def perturb(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.engine.model.named_parameters():
+                if "mlp" in name:
+                    p.add_(torch.randn_like(p) * 0.5)
+
+    def metas(self) -> list:
+        return tensor_metas(self.engine.model.state_dict().items())
+
+    def join(self, addr: str, port: int, world: int) -> None:
+        self.group = SyncGroup(addr, port, 0, world, "gloo")
+
+    def send(self, bucket_bytes: int) -> SyncStats:
+        assert self.group is not None
+        state = self.engine.model.state_dict()
+        return send_state(self.group, list(state.values()), self.metas(), bucket_bytes)
+
+    def outputs(self) -> tuple[list, list]:
+        greedy = self.engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=10))
+        return [g.completions[0].token_ids for g in greedy], [s.logprobs for s in self.engine.score_options(OPTIONS)]
+
+
+class SyncedRollout(RolloutWorker):
+    def outputs(self) -> tuple[list, list]:
+        greedy = self.engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=10))
+        return [g.completions[0].token_ids for g in greedy], [s.logprobs for s in self.engine.score_options(OPTIONS)]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_broadcast_sync_makes_rollout_engines_match_the_learner(tiny_model: Path) -> None:
+    sender = ray.remote(num_cpus=0)(Sender).remote(str(tiny_model))
+    spec = RoleGroupSpec("rollout", num_workers=2, cpus_per_worker=1, gpus_per_worker=0)
+    engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256)
+    pool = ActorPool(SyncedRollout, spec, (engine,), engine_env(1))
+    try:
+        addr, port = ray.get(sender.address.remote())
+        world = 1 + len(pool)
+        joins = [sender.join.remote(addr, port, world)]
+        joins += [a.join_sync_group.remote(addr, port, i + 1, world, "gloo") for i, a in enumerate(pool.actors)]
+        ray.get(joins)
+        metas = ray.get(sender.metas.remote())
+        before = pool.call_all("outputs")
+        for version in (1, 2):
+            ray.get(sender.perturb.remote(version))
+            # A small bucket size forces many buckets; every member takes part in each broadcast.
+            sent = sender.send.remote(256 * 1024)
+            received = [a.receive_weights.remote(metas, 256 * 1024, version) for a in pool.actors]
+            sent_stats, *recv_stats = ray.get([sent, *received])
+            assert sent_stats.buckets > 1 and all(r.bytes == sent_stats.bytes for r in recv_stats)
+            want_tokens, want_scores = ray.get(sender.outputs.remote())
+            for tokens, scores in pool.call_all("outputs"):
+                assert tokens == want_tokens
+                assert scores[0] == pytest.approx(want_scores[0], abs=1e-4)
+            assert pool.call_all("policy_version") == [version, version]
+        assert pool.call_all("outputs")[0][0] != before[0][0]
+    finally:
+        pool.shutdown()
+        ray.kill(sender)

@@ -1,0 +1,101 @@
+"""PPO experience: padding layout, advantages on hand-computed values, batching, prompt schedule, rule rewards."""
+
+import pytest
+import torch
+
+from rlaif.core.experience import (
+    PolicyOutputs,
+    collate_rollouts,
+    concat_outputs,
+    index_batch,
+    iteration_batch,
+    make_experience,
+    position_ids_from_mask,
+    split_batch,
+)
+from rlaif.core.rewards import RewardSample, build_rule_reward
+
+
+def test_collate_left_pads_prompts_and_right_pads_responses() -> None:
+    batch = collate_rollouts([[5, 6, 7], [8]], [[1], [2, 3]], pad_token_id=0)
+    assert batch.prompt_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch.prompt_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch.response_ids.tolist() == [[1, 0], [2, 3]]
+    assert batch.response_mask.tolist() == [[1, 0], [1, 1]]
+
+
+def test_collate_rejects_empty_responses_and_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="sample 1: empty response"):
+        collate_rollouts([[1], [2]], [[3], []], 0)
+    with pytest.raises(ValueError, match="as many prompts as responses"):
+        collate_rollouts([[1]], [[3], [4]], 0)
+
+
+def test_positions_count_real_tokens_only() -> None:
+    # Row 2 is left-padded by two: its first real token is position 0, as in an unpadded forward pass.
+    mask = torch.tensor([[1, 1, 1, 1, 0], [0, 0, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 1, 2, 3, 3], [0, 0, 0, 1, 2]]
+
+
+def test_make_experience_on_hand_computed_values() -> None:
+    batch = collate_rollouts([[9], [9]], [[1, 2], [3]], 0)
+    outputs = PolicyOutputs(
+        logprobs=torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]),
+        ref_logprobs=torch.tensor([[-1.5, -2.0], [-0.5, 0.0]]),
+        values=torch.tensor([[0.5, 0.25], [0.2, 0.0]]),
+    )
+    exp, kl = make_experience(
+        batch, outputs, torch.tensor([1.0, 2.0]), torch.tensor([3, 3]), 0.1, "k1", 1.0, 1.0, whiten_advantages=False
+    )
+    # Row 0: KL per token (k1) = [0.5, 0]; rewards = [-0.1*0.5, 0 + score 1] = [-0.05, 1.0].
+    # GAE with γ = λ = 1: A_1 = 1.0 - 0.25 = 0.75; A_0 = -0.05 + 0.25 - 0.5 + 0.75 = 0.45; returns = A + V.
+    assert exp.rewards[0].tolist() == pytest.approx([-0.05, 1.0])
+    assert exp.advantages[0].tolist() == pytest.approx([0.45, 0.75])
+    assert exp.returns[0].tolist() == pytest.approx([0.95, 1.0])
+    # Row 1 has one real token: its score lands there, padding stays 0 everywhere.
+    assert exp.rewards[1].tolist() == pytest.approx([2.0, 0.0])
+    assert exp.advantages[1].tolist() == pytest.approx([1.8, 0.0])
+    assert kl.tolist() == pytest.approx([0.5, 0.0])
+    assert exp.policy_version.tolist() == [3, 3] and exp.scores.tolist() == [1.0, 2.0]
+
+
+def test_whitened_advantages_have_zero_mean_and_unit_variance_on_real_tokens() -> None:
+    batch = collate_rollouts([[9]] * 3, [[1, 2, 3], [4], [5, 6]], 0)
+    torch.manual_seed(0)
+    outputs = PolicyOutputs(torch.randn(3, 3), torch.randn(3, 3), torch.randn(3, 3))
+    exp, _ = make_experience(batch, outputs, torch.randn(3), torch.zeros(3), 0.05, "k3", 1.0, 0.95, True)
+    real = exp.advantages[batch.response_mask.bool()]
+    assert float(real.mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(real.var()) == pytest.approx(1.0, abs=1e-5)
+    assert not exp.advantages[~batch.response_mask.bool()].any()
+
+
+def test_split_index_and_concat_round_trip() -> None:
+    batch = collate_rollouts([[1]] * 5, [[1], [2, 2], [3], [4, 4, 4], [5]], 0)
+    shards = split_batch(batch, 2)
+    assert [s.prompt_ids.shape[0] for s in shards] == [3, 2]
+    assert index_batch(batch, torch.tensor([3])).response_ids.tolist() == [[4, 4, 4]]
+    # Shards come back from ranks with their own widths; concatenation pads them with zeros.
+    parts = [PolicyOutputs(*(torch.ones(3, 2) for _ in range(3))), PolicyOutputs(*(torch.ones(2, 3) for _ in range(3)))]
+    merged = concat_outputs(parts)
+    assert merged.logprobs.shape == (5, 3) and merged.values[:3, 2].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_iteration_batches_cover_every_id_once_per_pass_and_are_reproducible() -> None:
+    ids = [f"p{i}" for i in range(10)]
+    first_pass = [i for it in range(5) for i in iteration_batch(ids, 2, it, seed=0)]
+    assert sorted(first_pass) == sorted(ids)
+    assert iteration_batch(ids, 4, 3, seed=0) == iteration_batch(ids, 4, 3, seed=0)
+    assert iteration_batch(ids, 4, 3, seed=0) != iteration_batch(ids, 4, 3, seed=1)
+    # Iteration 2 with batches of 4 spans the end of pass 0 and the start of pass 1.
+    assert len(iteration_batch(ids, 4, 2, seed=0)) == 4
+
+
+def test_token_count_rule_reward() -> None:
+    fn = build_rule_reward("token_count:7")
+    samples = [RewardSample("q", "a", (7, 1, 7)), RewardSample("q", "b", (1,))]
+    assert fn(samples) == [2.0, 0.0]
+    with pytest.raises(ValueError, match="unknown rule reward 'bogus'"):
+        build_rule_reward("bogus:1")
+    with pytest.raises(ValueError, match="integer token id"):
+        build_rule_reward("token_count:x")

@@ -1,0 +1,48 @@
+"""PPO and evaluation settings: the defaults compose, and bad values fail naming the field."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rlaif.config import EvalConfig, PPOConfig, RunConfig, register_configs, to_run_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+register_configs()
+
+
+def compose_run(overrides: list[str]) -> RunConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return to_run_config(compose(config_name="config", overrides=overrides))
+
+
+def test_default_pipeline_ends_with_rl_cai_and_evaluate() -> None:
+    run = compose_run([])
+    assert run.stages == ["sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate"]
+    assert run.ppo.placement == "disaggregated" and run.ppo.reward == "reward_model"
+    # The smoke scale the 15-minute budget is planned for.
+    assert (run.ppo.iterations, run.ppo.prompts_per_iteration, run.ppo.max_new_tokens) == (3, 8, 48)
+    assert run.cluster.learner.num_workers >= 1 and run.cluster.reward_scorer.num_workers >= 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"kl_estimator": "k4"}, "ppo.kl_estimator"),
+        ({"placement": "shared"}, "ppo.placement"),
+        ({"mini_batch_size": 6, "micro_batch_size": 4}, "ppo.mini_batch_size"),
+        ({"prompts_per_iteration": 6}, "mini_batch_size"),
+        ({"temperature": 0.0}, "ppo.temperature"),
+        ({"lam": 1.5}, "lam"),
+    ],
+)
+def test_bad_ppo_values_fail_naming_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        PPOConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_eval_values_fail_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="eval.max_new_tokens"):
+        EvalConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="eval.temperature"):
+        EvalConfig(temperature=-1.0)
