@@ -429,7 +429,7 @@ class EvalConfig:
     # Held-out helpfulness prompts (the same split of sl_cai.helpful; 0: all of them).
     num_helpful: int = 8
     # Longest response, in tokens.
-    max_new_tokens: int = 64
+    max_new_tokens: int = 48
     # Sampling temperature (0: greedy, so reruns agree).
     temperature: float = 0.0
     # Principles sampled per comparison; the judge's debiased probabilities are averaged over them.

@@ -17,7 +17,6 @@ Every type here is a NamedTuple of tensors with batch first, so `index_batch` /
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import NamedTuple, TypeVar
 
@@ -251,23 +250,3 @@ def experience_stats(batch: ExperienceBatch, kl: torch.Tensor) -> ExperienceStat
         return_mean=float(masked_mean(batch.returns, mask)),
         value_mean=float(masked_mean(batch.values, mask)),
     )
-
-
-def iteration_batch(ids: Sequence[str], size: int, iteration: int, seed: int) -> list[str]:
-    """The `size` ids that iteration `iteration` samples prompts for.
-
-    Iterations walk through `ids` in passes, each pass in its own seeded order
-    (``sha256(f"{seed}:{pass}:{id}")``), so every id is used once per pass and the
-    batch of an iteration never depends on anything but its index: a resumed run
-    samples the same prompts the killed one would have.
-    """
-    if not ids or size < 0 or iteration < 0:
-        raise ValueError(f"need ids, size >= 0 and iteration >= 0, got {len(ids)} ids, {size}, {iteration}")
-    orders: dict[int, list[str]] = {}
-    batch = []
-    for position in range(iteration * size, (iteration + 1) * size):
-        epoch, offset = divmod(position, len(ids))
-        if epoch not in orders:
-            orders[epoch] = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{epoch}:{i}".encode()).digest())
-        batch.append(orders[epoch][offset])
-    return batch

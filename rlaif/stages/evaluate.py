@@ -3,7 +3,7 @@
 On the held-out red-team and helpfulness prompts (``sl_cai.heldout_fraction``'s split,
 which no training stage sees), each model answers every prompt; then
 
-- the constitutional judge compares every pair of models on every prompt, in both
+- the constitutional judge compares the policy with each earlier model on every prompt, in both
   orders (position bias cancels in the average, Lee et al. 2023), over
   ``eval.principles_per_comparison`` sampled principles: soft and hard win rates;
 - the reward model (``<run_dir>/reward_model/model``, if present) scores every answer;
@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 MODELS = ("initial", "sft", "policy")
-# (a, b): how often the judge prefers a's answer to b's.
-PAIRS = (("policy", "initial"), ("policy", "sft"), ("sft", "initial"))
+# (a, b): how often the judge prefers a's answer to b's. The final policy against each earlier model
+# (an sft-vs-initial pair would cost a third more judging for a question the SFT stage answers).
+PAIRS = (("policy", "initial"), ("policy", "sft"))
 # Texts per reward-model forward pass.
 _SCORE_BATCH = 8
 

@@ -33,10 +33,11 @@ import torch
 
 from rlaif.config import PPOConfig, RunConfig
 from rlaif.core.advantages import AdaptiveKLController, FixedKLController, KLController, KLKind
-from rlaif.core.experience import collate_rollouts, experience_stats, iteration_batch, make_experience
+from rlaif.core.experience import collate_rollouts, experience_stats, make_experience
 from rlaif.core.io import append_jsonl, read_jsonl, write_manifest
 from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
 from rlaif.core.rewards import RewardSample
+from rlaif.core.schedule import cycled_batches
 from rlaif.engines.base import Completion, Generation, Message, SamplingParams
 from rlaif.stages.pipeline import StageContext
 from rlaif.stages.ppo_roles import PPORoles, model_paths
@@ -72,11 +73,11 @@ class TrainPrompts:
         return cls(red_team, helpful, cfg.prompts_per_iteration - n_helpful, n_helpful)
 
     def batch(self, iteration: int, seed: int) -> list[PromptRecord]:
-        chosen = []
+        """Iteration `iteration`'s prompts: reshuffled passes over each pool, a pure function of the index."""
+        chosen: list[PromptRecord] = []
         for pool, n in ((self.red_team, self.n_red_team), (self.helpful, self.n_helpful)):
             if n:
-                by_id = {r.id: r for r in pool}
-                chosen += [by_id[i] for i in iteration_batch(list(by_id), n, iteration, seed)]
+                chosen += cycled_batches(pool, n, iteration + 1, seed)[iteration]
         return chosen
 
 

@@ -1,6 +1,6 @@
 """The whole default pipeline, ``python -m rlaif.run``, on the embedded model (minutes).
 
-SL-CAI -> SFT -> preferences -> reward model -> RL-CAI (PPO) -> evaluation, in a fresh
+smoke generation -> SL-CAI -> SFT -> preferences -> reward model -> RL-CAI (PPO) -> evaluation, in a fresh
 run folder; every stage must leave its manifest and the evaluation its summary. A second
 invocation finds every stage done and skips them all.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate")
+STAGES = ("smoke", "sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate")
 
 
 def _run(run_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -34,11 +34,13 @@ def test_default_pipeline_runs_every_stage_on_the_embedded_model(embedded_model:
     done = _run(run_dir)
     wall = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-4000:]
+    # The smoke stage prints the rollout actors' answers and their throughput.
+    assert "answers from 1 rollout actor(s)" in done.stdout and "tokens/s" in done.stdout
     for stage in STAGES:
         manifest = run_dir / stage / "MANIFEST.json"
         assert manifest.is_file(), f"stage {stage} left no manifest"
     summary = json.loads((run_dir / "evaluate" / "summary.json").read_text())
-    for pair in ("policy_vs_initial", "policy_vs_sft", "sft_vs_initial"):
+    for pair in ("policy_vs_initial", "policy_vs_sft"):
         for prompt_set in ("red_team", "helpful"):
             assert 0.0 <= summary["win_rates"][pair][prompt_set]["win_rate"] <= 1.0
     assert "rm_score_mean" in summary["models"]["policy"]["red_team"]

@@ -50,7 +50,7 @@ def test_bad_enum_value_is_rejected_with_the_field_name() -> None:
 
 def test_sl_cai_and_sft_values_are_checked_with_the_field_named() -> None:
     run = compose_run([])
-    assert run.stages[:2] == ["sl_cai", "sft"] and run.sl_cai.rounds == 2 and run.sft.steps == 4
+    assert run.stages[:3] == ["smoke", "sl_cai", "sft"] and run.sl_cai.rounds == 2 and run.sft.steps == 4
     with pytest.raises(ValueError, match="sl_cai.rounds"):
         compose_run(["sl_cai.rounds=0"])
     with pytest.raises(ValueError, match="sft.lr"):

@@ -8,7 +8,6 @@ from rlaif.core.experience import (
     collate_rollouts,
     concat_outputs,
     index_batch,
-    iteration_batch,
     make_experience,
     position_ids_from_mask,
     split_batch,
@@ -79,16 +78,6 @@ def test_split_index_and_concat_round_trip() -> None:
     parts = [PolicyOutputs(*(torch.ones(3, 2) for _ in range(3))), PolicyOutputs(*(torch.ones(2, 3) for _ in range(3)))]
     merged = concat_outputs(parts)
     assert merged.logprobs.shape == (5, 3) and merged.values[:3, 2].tolist() == [0.0, 0.0, 0.0]
-
-
-def test_iteration_batches_cover_every_id_once_per_pass_and_are_reproducible() -> None:
-    ids = [f"p{i}" for i in range(10)]
-    first_pass = [i for it in range(5) for i in iteration_batch(ids, 2, it, seed=0)]
-    assert sorted(first_pass) == sorted(ids)
-    assert iteration_batch(ids, 4, 3, seed=0) == iteration_batch(ids, 4, 3, seed=0)
-    assert iteration_batch(ids, 4, 3, seed=0) != iteration_batch(ids, 4, 3, seed=1)
-    # Iteration 2 with batches of 4 spans the end of pass 0 and the start of pass 1.
-    assert len(iteration_batch(ids, 4, 2, seed=0)) == 4
 
 
 def test_token_count_rule_reward() -> None:

@@ -18,7 +18,7 @@ def compose_run(overrides: list[str]) -> RunConfig:
 
 def test_default_pipeline_ends_with_rl_cai_and_evaluate() -> None:
     run = compose_run([])
-    assert run.stages == ["sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate"]
+    assert run.stages == ["smoke", "sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate"]
     assert run.ppo.placement == "disaggregated" and run.ppo.reward == "reward_model"
     # The smoke scale the 15-minute budget is planned for.
     assert (run.ppo.iterations, run.ppo.prompts_per_iteration, run.ppo.max_new_tokens) == (3, 8, 48)
