@@ -40,3 +40,14 @@ def test_manifest_marks_the_stage_done(tmp_path: Path) -> None:
     manifest = read_manifest(stage)
     assert manifest is not None and manifest["counts"] == {"records": 3} and manifest["stage"] == "sl_cai"
     assert json.loads((stage / "MANIFEST.json").read_text())["config"] == {"seed": 1}
+
+
+def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_jsonl(tmp_path / "r.jsonl", [{"id": "a"}])
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "r.jsonl").stat().st_mode & 0o777 == 0o644
