@@ -141,7 +141,7 @@ class PPOTrainer:
         for chunk in D.lockstep_chunks(range(batch.prompt_ids.shape[0]), self.micro_batch_size):
             # A rank out of rows still runs a pass: ZeRO-3 gathers parameters collectively.
             rows = index_batch(batch, torch.tensor(chunk or [0]))
-            mask = rows.response_mask
+            mask = rows.response_mask.to(self.actor.device)
             logprobs, _ = self._logprobs(self.actor, rows)
             ref_logprobs, _ = self._logprobs(self.reference, rows)
             values = self._values(rows)

@@ -24,7 +24,7 @@ def test_labelling_and_reward_model_stages_run_and_resume(embedded_model: Path, 
         f"run_dir={run_dir}",
         "cluster.include_dashboard=false",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
 
     prefs = read_manifest(run_dir / "preferences")

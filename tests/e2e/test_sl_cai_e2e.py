@@ -23,7 +23,7 @@ def test_sl_cai_and_sft_stages_write_records_and_a_model(embedded_model: Path, t
         f"run_dir={run_dir}",
         "cluster.include_dashboard=false",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
 
     sl_cai = read_manifest(run_dir / "sl_cai")
