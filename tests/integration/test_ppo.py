@@ -207,7 +207,7 @@ def test_ppo_raises_a_rule_reward(tiny_model: Path, tmp_path: Path) -> None:
         "ppo.max_new_tokens=16",
         "ppo.mini_batch_size=8",
         "ppo.micro_batch_size=8",
-        "ppo.ppo_epochs=2",
+        "ppo.ppo_epochs=4",
         "ppo.actor_lr=1e-3",
         "ppo.critic_lr=1e-3",
         "ppo.kl_coef=0.0",
@@ -222,7 +222,7 @@ def test_ppo_raises_a_rule_reward(tiny_model: Path, tmp_path: Path) -> None:
     assert [r["iteration"] for r in rows] == list(range(10))
     # Every iteration samples from the policy of the previous update.
     assert [r["sample_policy_version"] for r in rows] == list(range(10))
-    # Measured: about 0.7 -> 2.5-3 tokens per response over 10 iterations.
+    # Measured: about 0.4 -> 4 tokens per response over 10 iterations.
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
     assert last > first + 1.0 and last > 2 * first, f"rewards did not rise: {rewards}"
     manifest = read_manifest(tmp_path / "rl_cai")

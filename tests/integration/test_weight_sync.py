@@ -42,9 +42,9 @@ class Sender:
     def perturb(self, seed: int) -> None:
         torch.manual_seed(seed)
         with torch.no_grad():
-            for name, p in self.engine.model.named_parameters():
-                if "mlp" in name:
-                    p.add_(torch.randn_like(p) * 0.5)
+            # Every parameter, the tied embedding / output head included.
+            for p in self.engine.model.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
 
     def metas(self) -> list:
         return tensor_metas(self.engine.model.state_dict().items())
