@@ -19,7 +19,7 @@ import torch
 
 from rlaif.engines.base import Message, Prompt
 from rlaif.trainers.distributed import pad_token_id
-from rlaif.trainers.reward import RewardModel, render_conversation
+from rlaif.trainers.reward import RewardModel, render_conversation, right_padded
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,12 +59,6 @@ class RewardScorer:
 
     def score_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(len(texts),) rewards of already rendered conversations, one right-padded batch."""
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"][-self.max_len :] for t in texts]
-        length = max(len(ids) for ids in encoded)
-        ids = torch.full((len(encoded), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for row, seq in enumerate(encoded):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
+        ids, mask = right_padded(self.tokenizer, texts, self.max_len, self.pad_token_id)
         rewards: torch.Tensor = self.model(ids.to(self.device), mask.to(self.device))
         return rewards.cpu()

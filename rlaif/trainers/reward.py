@@ -118,6 +118,19 @@ class RewardModel(torch.nn.Module):
         return self.head(pooled).squeeze(-1).float()
 
 
+def right_padded(tokenizer: Any, texts: Sequence[str], max_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(texts), longest) token ids and attention mask, right-padded; long texts keep their last
+    `max_len` tokens, because the reward is read at the final token."""
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_len:] for t in texts]
+    length = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), length), dtype=torch.long)
+    for row, seq in enumerate(encoded):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
 class RewardTrainer:
     """One rank of a data-parallel DeepSpeed group training a `RewardModel` on `RewardPair`s."""
 
@@ -241,13 +254,7 @@ class RewardTrainer:
 
     def _rewards(self, texts: Sequence[str]) -> torch.Tensor:
         """(len(texts),) rewards; long texts keep their last `max_len` tokens (the reward is read at the end)."""
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"][-self.max_len :] for t in texts]
-        length = max(len(ids) for ids in encoded)
-        ids = torch.full((len(encoded), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for row, seq in enumerate(encoded):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
+        ids, mask = right_padded(self.tokenizer, texts, self.max_len, self.pad_token_id)
         device = self.engine.device
         return self.engine(ids.to(device), mask.to(device))
 
