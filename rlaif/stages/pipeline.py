@@ -32,6 +32,9 @@ class StageContext:
 
 Stage = Callable[[StageContext], None]
 
+# Where each stage's metrics appear in W&B (``rm/loss``); other stages use their own name.
+METRIC_NAMESPACE = {"preferences": "label", "reward_model": "rm", "rl_cai": "ppo", "evaluate": "eval"}
+
 
 def run_stages(ctx: StageContext, stages: list[tuple[str, Stage]]) -> list[str]:
     """Run each stage unless its manifest says it is done; return the names that ran."""
@@ -41,6 +44,6 @@ def run_stages(ctx: StageContext, stages: list[tuple[str, Stage]]) -> list[str]:
             log.info("stage %s: done already (%s), skipping", name, ctx.stage_dir(name) / "MANIFEST.json")
             continue
         log.info("stage %s: starting", name)
-        stage(replace(ctx, sink=PrefixedSink(ctx.sink, name)))
+        stage(replace(ctx, sink=PrefixedSink(ctx.sink, METRIC_NAMESPACE.get(name, name))))
         ran.append(name)
     return ran
