@@ -38,8 +38,8 @@ from rlaif.core.schedule import cycled_batches
 from rlaif.core.soft_labels import hard_label
 from rlaif.engines.base import Message
 from rlaif.engines.models import resolve_model
+from rlaif.stages.ds_setup import stage_ds_config
 from rlaif.stages.pipeline import StageContext
-from rlaif.trainers.ds_config import build_ds_config
 from rlaif.trainers.reward import RewardPair, RewardTrainer, render_conversation
 
 log = logging.getLogger(__name__)
@@ -123,18 +123,7 @@ def load_reward_pairs(
 
 def start_group(run: RunConfig, base: Path) -> TrainerGroup:
     cfg, ranks, ds = run.reward_model, run.cluster.reward_trainer, run.deepspeed
-    ds_config = build_ds_config(
-        zero_stage=ds.zero_stage,
-        micro_batch_size=cfg.micro_batch_size,
-        grad_accum_steps=cfg.grad_accum_steps,
-        world_size=ranks.num_workers,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-        bf16=ds.bf16,
-        offload_optimizer=ds.offload_optimizer,
-        warmup_steps=cfg.warmup_steps,
-    )
+    ds_config = stage_ds_config(ds, cfg, ranks.num_workers)
     spec = RoleGroupSpec(
         "reward_trainer",
         ranks.num_workers,

@@ -39,8 +39,8 @@ from rlaif.core.cai import SFTSample, SLCAIRecord, mix_sft, sft_batch, sft_sampl
 from rlaif.core.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl, write_manifest
 from rlaif.core.resume import drop_torn_tail
 from rlaif.engines.base import Message
+from rlaif.stages.ds_setup import stage_ds_config
 from rlaif.stages.pipeline import StageContext
-from rlaif.trainers.ds_config import build_ds_config
 from rlaif.trainers.sft import SFTExample, SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -72,18 +72,7 @@ def to_example(sample: SFTSample) -> SFTExample:
 
 def _start_group(run: RunConfig, model_path: Path) -> TrainerGroup:
     cfg, ds, r = run.sft, run.deepspeed, run.cluster.sft_trainer
-    ds_config = build_ds_config(
-        zero_stage=ds.zero_stage,
-        micro_batch_size=cfg.micro_batch_size,
-        grad_accum_steps=cfg.grad_accum_steps,
-        world_size=r.num_workers,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-        bf16=ds.bf16,
-        offload_optimizer=ds.offload_optimizer,
-        warmup_steps=cfg.warmup_steps,
-    )
+    ds_config = stage_ds_config(ds, cfg, r.num_workers)
     spec = RoleGroupSpec(
         "sft_trainer", r.num_workers, r.cpus_per_worker, r.gpus_per_worker, run.cluster.placement_strategy
     )
