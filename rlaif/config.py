@@ -451,6 +451,34 @@ class EvalConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The hardware and model sizes the dry run (`dry_run=true`) plans for; read by nothing else.
+
+    Ray discovers the real cluster at run time; these fields let a user check a large
+    experiment's placement and memory on a laptop, without downloading a model.
+    """
+
+    # Nodes in the cluster.
+    nodes: int = 1
+    # GPUs per node (0: a CPU-only cluster; the plan then lists CPUs only).
+    gpus_per_node: int = 0
+    # Memory of one GPU, GiB (80 for an H100/A100-80GB).
+    gpu_memory_gib: float = 80.0
+    # Parameters of model.name (the policy, the critic's model and the SFT model), billions.
+    policy_params_b: float = 0.135
+    # Parameters of the judge (label.judge_model), billions; null: policy_params_b.
+    judge_params_b: float | None = None
+    # Parameters of the reward model's base (also the PPO value model), billions; null: policy_params_b.
+    reward_params_b: float | None = None
+    # Activation memory reserved per training rank, GiB (grows with micro-batch x sequence length).
+    activations_gib: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 0 or self.gpu_memory_gib <= 0 or self.policy_params_b <= 0:
+            raise ValueError(f"plan: need nodes >= 1, gpus_per_node >= 0, positive memory and params, got {self}")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     engine: EngineConfig = MISSING
@@ -464,6 +492,10 @@ class RunConfig:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    # Print the placement of every actor group, its memory and the weight-sync topology for
+    # the cluster in `plan`, then exit: starts no Ray, loads no model (rlaif.plan).
+    dry_run: bool = False
     # The constitution YAML for SL-CAI and the judge; null: the shipped constitutions/default.yaml.
     constitution: str | None = None
     # Where every stage writes its outputs (DESIGN §4); re-running the same name resumes.

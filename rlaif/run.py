@@ -2,13 +2,17 @@
 
 Composes the Hydra config from ``conf/``, connects to Ray (a local cluster unless
 ``cluster.address`` is set), resolves the model and runs the job. ``--cfg job``
-prints the resolved config; an unknown or mistyped key fails with Hydra's error.
+prints the resolved config; ``dry_run=true`` prints the placement plan for the cluster
+in ``plan`` and starts nothing (`rlaif.plan`). Under ``-m`` (multirun) each job writes
+to its own folder, ``runs/<name>-sweep/<its overrides>``, and logs its own W&B run in
+a group named after the sweep. An unknown or mistyped key fails with Hydra's error.
 Known bad input (a missing model, an unreachable cluster, a bad file) ends with one
 line naming the culprit and exit status 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -31,10 +35,14 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
     from rlaif.stages.pipeline import StageContext, run_stages
     from rlaif.stages.registry import STAGES
 
+    run_dir = Path(run_cfg.run_dir)
+    if not run_cfg.stages:  # nothing to run: no model, no Ray; the W&B run still records the config
+        make_sink(run_cfg, run_dir, config_dict).close()
+        print(f"\nrun folder: {run_dir.resolve()} (no stages)")
+        return
     model_path = resolve_model(run_cfg.model.name)
     c = run_cfg.cluster
     connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host))
-    run_dir = Path(run_cfg.run_dir)
     sink = make_sink(run_cfg, run_dir, config_dict)
     try:
         run_stages(StageContext(run_cfg, run_dir, model_path, sink), [(n, STAGES[n]) for n in run_cfg.stages])
@@ -54,7 +62,20 @@ def make_sink(run_cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) ->
     id_file = run_dir / ".wandb_run_id"
     resume_id = id_file.read_text().strip() if id_file.is_file() else None
     group = lc.group or _sweep_group()
-    wb = WandbSink(lc.project, run_cfg.name, lc.wandb_mode, run_dir, config_dict, group, lc.entity, lc.tags, resume_id)
+    job = _sweep_job()
+    name = run_cfg.name if job is None else f"{run_cfg.name}/{job[1]}"
+    wb = WandbSink(
+        lc.project,
+        name,
+        lc.wandb_mode,
+        run_dir,
+        config_dict,
+        group,
+        lc.entity,
+        lc.tags,
+        resume_id,
+        log_artifacts=lc.log_artifacts,
+    )
     id_file.parent.mkdir(parents=True, exist_ok=True)
     id_file.write_text(wb.run_id)
     return TeeSink(console, wb)
@@ -70,15 +91,40 @@ def _sweep_group() -> str | None:
     return None
 
 
+def _sweep_job() -> tuple[Path, str] | None:
+    """Under Hydra multirun, this job's own run folder (sweep dir / subdir) and its W&B name suffix."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir) / str(hc.sweep.subdir), hc.job.override_dirname or str(hc.job.num)
+
+
+def per_job(run_cfg: RunConfig, config_dict: dict[str, Any]) -> RunConfig:
+    """Give a multirun job its own run folder, so jobs never share outputs or W&B run ids."""
+    job = _sweep_job()
+    if job is None:
+        return run_cfg
+    config_dict["run_dir"] = str(job[0])
+    return dataclasses.replace(run_cfg, run_dir=str(job[0]))
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from rlaif.errors import USER_ERRORS
 
     try:
         run_cfg = to_run_config(cfg)
+        if run_cfg.dry_run:
+            from rlaif.plan import dry_run
+
+            print(dry_run(run_cfg))
+            return
         config_dict = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(config_dict, dict)
-        run(run_cfg, config_dict)
+        run(per_job(run_cfg, config_dict), config_dict)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

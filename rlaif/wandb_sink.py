@@ -28,6 +28,7 @@ class WandbSink:
         entity: str | None = None,
         tags: Sequence[str] = (),
         resume_id: str | None = None,
+        log_artifacts: bool = True,
     ) -> None:
         import wandb
 
@@ -49,6 +50,7 @@ class WandbSink:
             settings=wandb.Settings(console="off", silent=True),
         )
         self._stages: set[str] = set()
+        self.log_artifacts = log_artifacts
         log.info("W&B run %s (%s) in %s", self.run.name, mode, directory)
 
     @property
@@ -71,6 +73,11 @@ class WandbSink:
         self.run.log({name: self.wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
 
     def artifact(self, name: str, kind: str, path: str) -> None:
+        if not self.log_artifacts:
+            return
+        if not Path(path).exists():
+            log.warning("W&B artefact %s: %s does not exist, skipped", name, path)
+            return
         art = self.wandb.Artifact(name.replace("/", "-"), type=kind)
         (art.add_dir if Path(path).is_dir() else art.add_file)(path)
         self.run.log_artifact(art)
