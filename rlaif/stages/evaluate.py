@@ -276,6 +276,7 @@ def evaluate_stage(ctx: StageContext) -> None:
     ctx.sink.log(_flatten(summary["models"]) | _flatten(summary["win_rates"]))
     _log_samples(ctx, prompts, responses, run.eval.log_samples)
     write_manifest(out, {"prompts": len(prompts), "comparisons": len(judgements)}, settings, summary=summary)
+    ctx.sink.artifact("summary", "evaluation", str(out / "summary.json"))
     _print(summary, out)
 
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from rlaif.actors.cluster import RoleGroupSpec
 from rlaif.actors.judge import ConstitutionalJudge
 from rlaif.actors.pool import ActorPool, engine_env
@@ -50,6 +52,10 @@ from rlaif.stages.pipeline import StageContext
 log = logging.getLogger(__name__)
 
 STAGE = "preferences"
+# Judge decisions logged as a table through the metrics sink (W&B), and their columns.
+DECISIONS = 16
+DECISION_COLUMNS = ["id", "prompt", "response_a", "response_b", "principles", "p_a_order1", "p_a_order2"]
+DECISION_COLUMNS += ["reasoning", "p_a", "preferred"]
 
 
 @dataclass(frozen=True)
@@ -90,11 +96,7 @@ def preferences_stage(ctx: StageContext) -> None:
             }
         )
     ctx.sink.log(metrics)
-    ctx.sink.table(
-        "samples",
-        ["prompt", "response_a", "response_b", "p_a"],
-        [[p.prompt, p.response_a, p.response_b, by_id[p.id].p_first] for p in pairs[:4]],
-    )
+    ctx.sink.table("judge_decisions", DECISION_COLUMNS, [decision_row(p, label_rows[p.id]) for p in pairs[:DECISIONS]])
     write_manifest(
         out,
         {"pairs": len(pairs), "labels": len(labels), "trl_rows": trl},
@@ -103,6 +105,7 @@ def preferences_stage(ctx: StageContext) -> None:
         judge_throughput=None if throughput is None else asdict(throughput),
     )
     ctx.sink.artifact("trl", "dataset", str(out / "trl.jsonl"))
+    ctx.sink.artifact("labels", "dataset", str(out / "labels.jsonl"))
     log.info("preferences: %d pairs labelled; position bias %s; judge %s", len(pairs), bias, throughput)
 
 
@@ -175,7 +178,7 @@ def sample_pairs(run: RunConfig, policy: Path, prompts: Sequence[PromptRecord], 
             params = SamplingParams(
                 n=2, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens
             )
-            for chunk in chunks(todo, cfg.chunk_size):
+            for chunk in tqdm(chunks(todo, cfg.chunk_size), desc="label: sample pairs", unit="chunk"):
                 chats = [[Message("user", p.prompt)] for p in chunk]
                 generations: list[Generation] = pool.map_shards("generate", chats, params)
                 work.append("pairs", (pair_to_row(to_pair(p, g)) for p, g in zip(chunk, generations, strict=True)))
@@ -214,7 +217,7 @@ def label_pairs(
         )
         try:
             seconds = 0.0
-            for chunk in chunks(todo, cfg.chunk_size):
+            for chunk in tqdm(chunks(todo, cfg.chunk_size), desc="label: judge", unit="chunk"):
                 started = time.perf_counter()
                 verdicts: list[JudgeVerdict] = pool.map_shards("label", chunk, cfg.both_orders, cfg.cot)
                 seconds += time.perf_counter() - started
@@ -231,6 +234,27 @@ def label_pairs(
         )
     rows = work.rows("labels")
     return [label_from_row(rows[p.id], f"{work.path('labels')}: id {p.id}") for p in pairs], throughput
+
+
+def decision_row(pair: ResponsePair, label: dict[str, Any]) -> list[Any]:
+    """One judge decision as a table row (`DECISION_COLUMNS`); lists joined so every cell is a string or number."""
+
+    def joined(values: Sequence[Any] | None) -> str:
+        return "" if values is None else ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
+
+    p_a = float(label["p_first"])
+    return [
+        pair.id,
+        pair.prompt,
+        pair.response_a,
+        pair.response_b,
+        joined(label["principle_ids"]),
+        joined(label["p_a_order1"]),
+        joined(label["p_a_order2"]),
+        "\n---\n".join(label.get("reasonings") or ()),
+        p_a,
+        "a" if p_a > 0.5 else "b" if p_a < 0.5 else "tie",
+    ]
 
 
 def label_row(run: RunConfig, verdict: JudgeVerdict) -> dict[str, Any]:

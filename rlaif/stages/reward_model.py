@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from rlaif.actors.cluster import RoleGroupSpec
 from rlaif.actors.trainer_group import TrainerGroup
@@ -159,8 +160,11 @@ def train_steps(
     cfg = ctx.run.reward_model
     global_batch = cfg.micro_batch_size * cfg.grad_accum_steps * group.world_size
     batches = cycled_batches(train, global_batch, cfg.steps, ctx.run.seed)
-    for step, batch in enumerate(batches[done:], start=done + 1):
+    bar = tqdm(batches[done:], desc="rm", unit="step", initial=done, total=cfg.steps)
+    for step, batch in enumerate(bar, start=done + 1):
         metrics: dict[str, float] = group.run("train_step", [(s,) for s in group.shard(batch)])[0]
+        if "loss" in metrics:
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         ctx.sink.log({f"train_{k}": v for k, v in metrics.items() if k != "step"}, step=step)
         work.append("steps", [{"id": f"step-{step}", **metrics}])
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:

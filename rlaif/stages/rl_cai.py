@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from tqdm import tqdm
 
 from rlaif.config import PPOConfig, RunConfig
 from rlaif.core.advantages import AdaptiveKLController, FixedKLController, KLController, KLKind
@@ -226,8 +227,10 @@ def rl_cai_stage(ctx: StageContext) -> None:
             roles.learner.run_all("load_checkpoint", str(checkpoint.path(state)))
             roles.sync.push(start)
             log.info("rl_cai: resumed at iteration %d from %s", start, checkpoint.path(state))
-        for it in range(start, cfg.iterations):
+        bar = tqdm(range(start, cfg.iterations), desc="ppo", unit="iter", initial=start, total=cfg.iterations)
+        for it in bar:
             result = ppo_iteration(roles, prompts.batch(it, run.seed), it, kl, run)
+            bar.set_postfix(reward=f"{float(result.metrics.get('reward_mean', 0.0)):.3f}")
             append_jsonl(out / "samples.jsonl", result.samples)
             append_jsonl(out / "metrics.jsonl", [result.metrics])
             _log(ctx, result, cfg.log_samples)
@@ -246,6 +249,8 @@ def rl_cai_stage(ctx: StageContext) -> None:
         policy=str(out / "policy"),
     )
     checkpoint.remove()
+    ctx.sink.artifact("policy", "model", str(out / "policy"))
+    ctx.sink.artifact("samples", "dataset", str(out / "samples.jsonl"))
     _print_summary(rows, summary, out)
 
 

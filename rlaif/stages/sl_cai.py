@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from rlaif.actors.cluster import RoleGroupSpec
 from rlaif.actors.critic import AnswerTask, ConstitutionalCritic, CriticOutput
 from rlaif.actors.pool import ActorPool, engine_env
@@ -118,6 +120,7 @@ def _run_step(
     """Generate the step's output for every id its log lacks, chunk by chunk; return all rows by id."""
     done = work.rows(step)
     todo = [i for i in ids if i not in done]
+    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc=f"sl_cai {step}", unit="text", disable=not todo)
     for start in range(0, len(todo), chunk_size):
         tasks = [make_task(i) for i in todo[start : start + chunk_size]]
         began = time.perf_counter()
@@ -130,6 +133,8 @@ def _run_step(
         done.update((o.record_id, row) for o, row in zip(outputs, rows, strict=True))
         progress.texts[step] += len(outputs)
         progress.tokens += sum(o.tokens for o in outputs)
+        bar.update(len(outputs))
+    bar.close()
     if todo:
         log.info(
             "%s: %s: %d generated, %d resumed from %s", STAGE, step, len(todo), len(ids) - len(todo), work.path(step)
@@ -175,6 +180,8 @@ def sl_cai_stage(ctx: StageContext) -> None:
         throughput=throughput,
         generated_this_run=dict(chain_progress.texts + helpful_progress.texts),
     )
+    ctx.sink.artifact("records", "dataset", str(out / "records.jsonl"))
+    ctx.sink.artifact("helpful", "dataset", str(out / "helpful.jsonl"))
     print(
         f"\nsl_cai: {counts['records']} chains x {cfg.rounds} rounds: {counts['degenerate_revisions']} degenerate "
         f"revisions {dict(reasons)}, {counts['degenerate_records']} records left out of SFT; "
