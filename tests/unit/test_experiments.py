@@ -6,6 +6,7 @@ memory fits its GPU, and the dry run starts nothing.
 """
 
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -138,3 +139,15 @@ def test_a_plan_that_does_not_fit_exits_with_one_line(tmp_path: Path) -> None:
     out = _rlaif_run(["+experiment=large", "dry_run=true", "plan.nodes=2", f"hydra.run.dir={tmp_path}/h"], tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == ["error: role 'critic': no node has 2 free GPU(s) left for rank 8"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_field_carries_a_comment(name: str) -> None:
+    previous = ""
+    for number, line in enumerate((CONF / "experiment" / f"{name}.yaml").read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text:
+            continue
+        if re.match(r"^\s*[A-Za-z_][\w.-]*:", line):
+            assert previous.startswith("#"), f"{name}.yaml:{number}: {text!r} has no comment above it"
+        previous = text
