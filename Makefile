@@ -14,3 +14,8 @@ test:
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy rlaif/core
+
+# Every benchmark, results in bench/results/ (README "Benchmarks"); e.g. make bench ARGS="--quick".
+bench: setup
+	bash bench/setup.sh
+	.venv/bin/python -m bench $(ARGS)

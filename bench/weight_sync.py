@@ -30,16 +30,12 @@ from rlaif.trainers.ds_config import build_ds_config
 from rlaif.trainers.ppo import PPOTrainer
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=EMBEDDED_MODEL)
-    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--bucket-mb", type=int, nargs="+", default=[64])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    model = str(resolve_model(args.model))
+def measure(model: str, engines: list[int], bucket_mb: list[int], repeats: int) -> list[dict]:
+    """One learner rank, then for each engine count a rollout pool joined to it; `repeats` pushes per bucket size.
+
+    Expects a running Ray cluster with at least max(engines) + 1 CPUs.
+    """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    ray.init(num_cpus=max(args.engines) + 1, include_dashboard=False, log_to_driver=False)
     config = build_ds_config(2, 1, 1, 1, 1e-6, 0.0, 1.0, False, True, 0)
     learner_args = {
         "policy_path": model,
@@ -52,20 +48,21 @@ def main() -> None:
     learner = TrainerGroup(PPOTrainer, RoleGroupSpec("learner", 1, 1, 0), learner_args)
     results = []
     try:
-        for n in args.engines:
+        for n in engines:
             spec = EngineSpec(model_path=model, max_model_len=512, kv_cache_gib=1)
             pool = ActorPool(RolloutWorker, RoleGroupSpec("rollout", n, 1, 0), (spec,), engine_env(1))
             try:
-                sync = PolicySync(learner, pool, "gloo", args.bucket_mb[0] << 20)
-                for mb in args.bucket_mb:
+                sync = PolicySync(learner, pool, "gloo", bucket_mb[0] << 20)
+                for mb in bucket_mb:
                     sync.bucket_bytes = mb << 20
-                    reports = [sync.push(version) for version in range(1, args.repeats + 1)]
+                    reports = [sync.push(version) for version in range(1, repeats + 1)]
                     seconds = [r.seconds for r in reports]
                     results.append(
                         {
                             "engines": n,
                             "bucket_mb": mb,
                             "buckets": reports[0].buckets,
+                            "bytes_per_engine": reports[0].bytes,
                             "mb_per_engine": reports[0].bytes / 1e6,
                             "seconds_median": statistics.median(seconds),
                             "seconds": seconds,
@@ -77,6 +74,21 @@ def main() -> None:
                 pool.shutdown()
     finally:
         learner.shutdown()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=EMBEDDED_MODEL)
+    parser.add_argument("--engines", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--bucket-mb", type=int, nargs="+", default=[64])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    model = str(resolve_model(args.model))
+    ray.init(num_cpus=max(args.engines) + 1, include_dashboard=False, log_to_driver=False)
+    try:
+        results = measure(model, args.engines, args.bucket_mb, args.repeats)
+    finally:
         ray.shutdown()
     print(json.dumps({"model": args.model, "load_avg_1m": os.getloadavg()[0], "results": results}, indent=2))
 

@@ -64,6 +64,10 @@ class RoleResources:
     cpus_per_worker: float = 1.0
     # GPUs reserved per actor (fractions allowed for colocation).
     gpus_per_worker: float = 0.0
+    # Engine roles: OMP threads per actor; null: cpus_per_worker rounded down, at least 1. Roles that take
+    # turns (rollout, reward scorer and learner in RL-CAI) may reserve a fraction of a CPU each and still
+    # use every core while they run: a rollout actor on 0.5 CPUs with 1 thread samples at half speed on 2 cores.
+    threads_per_worker: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 1 or self.cpus_per_worker < 0 or self.gpus_per_worker < 0:

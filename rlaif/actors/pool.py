@@ -18,9 +18,12 @@ from rlaif.actors.cluster import RoleGroupSpec, in_bundle, reserve
 T = TypeVar("T")
 
 
-def engine_env(cpus: float) -> dict[str, str]:
-    """Environment for an actor that holds a vLLM engine in-process (DESIGN §5, §7)."""
-    threads = str(max(1, int(cpus)))
+def engine_env(cpus: float, threads_per_worker: int | None = None) -> dict[str, str]:
+    """Environment for an actor that holds a vLLM engine in-process (DESIGN §5, §7).
+
+    Its thread count is `threads_per_worker`, or else the CPUs it reserves rounded down (at least 1).
+    """
+    threads = str(threads_per_worker or max(1, int(cpus)))
     env = {
         # The engine runs inside the actor, so received tensors go straight to the worker.
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",

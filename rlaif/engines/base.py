@@ -73,6 +73,10 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Keep sampling past the end-of-sequence token up to max_new_tokens (fixed-length benchmarks).
+    ignore_eos: bool = False
+    # Return each sampled token's log-probability (Completion.logprobs); off, Completion.logprobs is ().
+    logprobs: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:

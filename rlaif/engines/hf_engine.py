@@ -78,6 +78,8 @@ class TransformersEngine:
         )
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.ignore_eos:
+            kwargs.update(min_new_tokens=params.max_new_tokens)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
@@ -105,7 +107,7 @@ class TransformersEngine:
         text, stopped = truncate_at_stop(text, params.stop)
         if stopped:
             reason = "stop"
-        return Completion(text, tuple(ids), tuple(token_lp[:length].tolist()), reason)
+        return Completion(text, tuple(ids), tuple(token_lp[:length].tolist()) if params.logprobs else (), reason)
 
     def _left_pad(self, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in encoded)

@@ -102,7 +102,8 @@ class VLLMEngine:
             # once a prompt's prefill is split across steps; on CPU the engine-wide seed
             # (EngineSpec.seed) makes runs repeatable instead.
             seed=params.seed if self.spec.device == "cuda" else None,
-            logprobs=0,
+            logprobs=0 if params.logprobs else None,
+            ignore_eos=params.ignore_eos,
         )
         self._counter.start()
         outputs = self.llm.generate(

@@ -204,7 +204,12 @@ class PPORoles:
             self.learner = TrainerGroup(PPOTrainer, learner_spec, learner_args(run, paths, learner_spec.num_workers))
             started.append(self.learner)
             spec = dataclasses.replace(engine_spec(run, str(paths.policy)), enable_sleep_mode=self.colocated)
-            self.rollout = ActorPool(RolloutWorker, rollout_spec, (spec,), engine_env(rollout_spec.cpus_per_worker))
+            self.rollout = ActorPool(
+                RolloutWorker,
+                rollout_spec,
+                (spec,),
+                engine_env(rollout_spec.cpus_per_worker, run.cluster.rollout.threads_per_worker),
+            )
             started.append(self.rollout)
             self.scorer = _make_scorer(run, paths, scorer_spec)
             started.append(self.scorer)
@@ -259,4 +264,8 @@ def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec) -> Scor
         run.ppo.micro_batch_size,
         run.reward_model.max_len,
     )
-    return RewardModelScorer(ActorPool(RewardScorer, spec, args, engine_env(spec.cpus_per_worker)))
+    return RewardModelScorer(
+        ActorPool(
+            RewardScorer, spec, args, engine_env(spec.cpus_per_worker, run.cluster.reward_scorer.threads_per_worker)
+        )
+    )

@@ -184,7 +184,10 @@ def sample_responses(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfi
     """`samples_per_prompt` responses per prompt from the rollout engines, flattened in prompt order."""
     # No per-request seed: vLLM would give every prompt of the batch the same random stream, and the
     # samples of different prompts would move in lockstep. The engine's own seeded generator is used.
-    params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    # The learner recomputes every log-prob (`logprobs_and_values`): the engine need not return them.
+    params = SamplingParams(
+        n=cfg.samples_per_prompt, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, logprobs=False
+    )
     chats = [[Message("user", r.prompt)] for r in records]
     generations: list[Generation] = roles.rollout.map_shards("generate", chats, params)
     return [Sample(r, g, c) for r, g in zip(records, generations, strict=True) for c in g.completions]

@@ -1,0 +1,1 @@
+"""rlaif's benchmarks: ``python -m bench`` (see bench/__main__.py and README "Benchmarks")."""

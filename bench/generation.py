@@ -1,0 +1,227 @@
+"""Generation throughput: rlaif's rollout path against bare vLLM and transformers `generate`.
+
+Every path gets the same prompts (the first `batch` red-team prompts rendered with the
+model's chat template, or random token ids when the model folder has no tokenizer), the
+same sampling (temperature 1, top-p 1, no top-k) and exactly `max_new_tokens` new tokens
+per prompt (end-of-sequence ignored), so tokens/s compare like for like:
+
+- ``transformers``: ``model.generate`` on a left-padded batch (the baseline TRL's PPO uses);
+- ``vllm_bare``: ``LLM.generate`` on token ids with plain ``SamplingParams``, in-process;
+- ``rlaif_engine``: `rlaif.engines.vllm_engine.VLLMEngine.generate` on chat messages (rendering,
+  tokenising and result conversion included) - on the SAME `LLM` object as ``vllm_bare``,
+  the two interleaved batch by batch, so load on a shared machine hits both alike;
+- ``rlaif_rollout_actor``: the same call through a Ray `RolloutWorker` actor (`ActorPool`,
+  ``engine_env``), as the rl_cai stage samples, with the actor given every core.
+
+Reported per batch size: median tokens/s over repeats, ratios, and the fraction of the
+roofline ceiling (`bench.roofline.decode_ceiling`) reached.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.common import Settings, Skipped, dtype_for, log, median, require, resolve_bench_model, timed
+
+
+def _prompts(model_dir: Path, count: int) -> tuple[list[Any] | None, list[list[int]]]:
+    """(chat prompts or None, their token ids)."""
+    if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
+        from bench.common import random_prompts
+
+        return None, random_prompts(count, 32, 49152)
+    from transformers import AutoTokenizer
+
+    from rlaif.core.prompts import load_prompts
+    from rlaif.engines.base import Message, PromptRenderer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    renderer = PromptRenderer(tokenizer, 2048)
+    records = load_prompts("builtin:red_team")
+    chats = [[Message("user", records[i % len(records)].prompt)] for i in range(count)]
+    return chats, [renderer.encode(c, room=256) for c in chats]
+
+
+def run_transformers(s: Settings, model_dir: Path, ids: list[list[int]]) -> dict[int, float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if s.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    dtype = getattr(torch, dtype_for(s.device))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(s.device).eval()
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    rates: dict[int, list[float]] = {b: [] for b in s.batch_sizes}
+
+    def batch_of(b: int) -> tuple[Any, Any]:
+        rows = ids[:b]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        return input_ids.to(s.device), mask.to(s.device)
+
+    kwargs = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=pad,
+        max_new_tokens=s.max_new_tokens,
+        min_new_tokens=s.max_new_tokens,
+    )
+    with torch.no_grad():
+        warm_ids, warm_mask = batch_of(1)
+        model.generate(
+            input_ids=warm_ids, attention_mask=warm_mask, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2}
+        )
+        for _ in range(s.repeats):
+            for b in s.batch_sizes:
+                input_ids, mask = batch_of(b)
+                if s.device == "cuda":
+                    torch.cuda.synchronize()
+                seconds, out = timed(partial(model.generate, input_ids=input_ids, attention_mask=mask, **kwargs))
+                if s.device == "cuda":
+                    torch.cuda.synchronize()
+                new = (out.shape[1] - input_ids.shape[1]) * b
+                rates[b].append(new / seconds)
+                log(f"generation transformers b={b}: {new / seconds:.1f} tok/s")
+    del model
+    return {b: median(v) for b, v in rates.items()}
+
+
+def run_vllm_in_process(
+    s: Settings, model_dir: Path, chats: list[Any], ids: list[list[int]]
+) -> tuple[dict[int, float], dict[int, float], dict[str, Any]]:
+    from vllm import SamplingParams as VSamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from rlaif.engines.base import EngineSpec, SamplingParams
+    from rlaif.engines.vllm_engine import VLLMEngine
+
+    spec = EngineSpec(
+        model_path=str(model_dir),
+        dtype=dtype_for(s.device),
+        device=s.device,  # type: ignore[arg-type]
+        max_model_len=512,
+        kv_cache_gib=2,
+    )
+    started, engine = timed(lambda: VLLMEngine(spec))
+    ours_params = SamplingParams(temperature=1.0, max_new_tokens=s.max_new_tokens, ignore_eos=True)
+    bare_params = VSamplingParams(temperature=1.0, max_tokens=s.max_new_tokens, ignore_eos=True)
+    engine.generate(chats[:2], SamplingParams(max_new_tokens=2))  # warm-up
+    ours: dict[int, list[float]] = {b: [] for b in s.batch_sizes}
+    bare: dict[int, list[float]] = {b: [] for b in s.batch_sizes}
+    for rep in range(s.repeats):
+        for b in s.batch_sizes:
+            order = ("ours", "bare") if rep % 2 == 0 else ("bare", "ours")  # alternate who goes first
+            for who in order:
+                if who == "ours":
+                    sec, gens = timed(lambda b=b: engine.generate(chats[:b], ours_params))
+                    n = sum(len(c.token_ids) for g in gens for c in g.completions)
+                    ours[b].append(n / sec)
+                else:
+                    prompts = [TokensPrompt(prompt_token_ids=x) for x in ids[:b]]
+                    sec, outs = timed(lambda p=prompts: engine.llm.generate(p, bare_params, use_tqdm=False))
+                    n = sum(len(o.outputs[0].token_ids) for o in outs)
+                    bare[b].append(n / sec)
+            log(f"generation b={b}: rlaif engine {ours[b][-1]:.1f}, bare vLLM {bare[b][-1]:.1f} tok/s")
+    engine.shutdown()
+    meta = {
+        "engine_start_s": started,
+        "threads_env": {
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE")
+        },
+    }
+    return {b: median(v) for b, v in ours.items()}, {b: median(v) for b, v in bare.items()}, meta
+
+
+def run_rollout_actor(s: Settings, model_dir: Path, chats: list[Any]) -> dict[int, float]:
+    import ray
+
+    from rlaif.actors.cluster import RoleGroupSpec
+    from rlaif.actors.pool import ActorPool, engine_env
+    from rlaif.actors.rollout import RolloutWorker
+    from rlaif.engines.base import EngineSpec, SamplingParams
+
+    cores = os.cpu_count() or 1
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    try:
+        spec = EngineSpec(model_path=str(model_dir), max_model_len=512, kv_cache_gib=2)
+        pool = ActorPool(RolloutWorker, RoleGroupSpec("rollout", 1, cores, 0), (spec,), engine_env(cores))
+        params = SamplingParams(temperature=1.0, max_new_tokens=s.max_new_tokens, ignore_eos=True)
+        pool.map_shards("generate", chats[:2], SamplingParams(max_new_tokens=2))
+        rates: dict[int, list[float]] = {b: [] for b in s.batch_sizes}
+        for _ in range(s.repeats):
+            for b in s.batch_sizes:
+                sec, gens = timed(lambda b=b: pool.map_shards("generate", chats[:b], params))
+                rates[b].append(sum(len(c.token_ids) for g in gens for c in g.completions) / sec)
+                log(f"generation rollout actor b={b}: {rates[b][-1]:.1f} tok/s")
+        pool.shutdown()
+    finally:
+        ray.shutdown()
+    return {b: median(v) for b, v in rates.items()}
+
+
+def model_size(model_dir: Path) -> tuple[int, int]:
+    """(parameters, bytes of weights at the benchmark's dtype), tied weights counted once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+    return params, params
+
+
+def run(s: Settings) -> dict[str, Any]:
+    require("torch", "transformers")
+    import torch
+
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise Skipped("CUDA is not available")
+    model_dir = resolve_bench_model(s.model)
+    chats, ids = _prompts(model_dir, max(s.batch_sizes))
+    params, _ = model_size(model_dir)
+    bytes_per = 2 if s.device == "cuda" else 4
+    result: dict[str, Any] = {
+        "model": s.model,
+        "params": params,
+        "weight_bytes": params * bytes_per,
+        "max_new_tokens": s.max_new_tokens,
+        "prompt_tokens_mean": sum(len(x) for x in ids) / len(ids),
+        "batch_sizes": s.batch_sizes,
+        "tokens_per_s": {},
+    }
+    rates = result["tokens_per_s"]
+    rates["transformers"] = run_transformers(s, model_dir, ids)
+    vllm_missing = None
+    try:
+        require("vllm")
+        if chats is None:
+            raise Skipped("the model folder has no tokenizer")
+    except Skipped as exc:
+        vllm_missing = str(exc)
+    if vllm_missing:
+        result["skipped_paths"] = {
+            "vllm_bare": vllm_missing,
+            "rlaif_engine": vllm_missing,
+            "rlaif_rollout_actor": vllm_missing,
+        }
+    else:
+        ours, bare, meta = run_vllm_in_process(s, model_dir, chats or [], ids)
+        rates["rlaif_engine"], rates["vllm_bare"] = ours, bare
+        result["vllm"] = meta
+        if s.device == "cpu" and not s.quick:
+            try:
+                require("ray")
+                rates["rlaif_rollout_actor"] = run_rollout_actor(s, model_dir, chats or [])
+            except Skipped as exc:
+                result.setdefault("skipped_paths", {})["rlaif_rollout_actor"] = str(exc)
+    return result

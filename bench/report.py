@@ -1,0 +1,325 @@
+"""results.json -> results.md (Markdown tables with ratios) and PNG plots, in the same folder.
+
+python -m bench.report bench/results/results.json      # re-render without re-running
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+GEN_PATHS = ("transformers", "vllm_bare", "rlaif_engine", "rlaif_rollout_actor")
+PPO_PHASES = ("generation", "scoring", "learner_forward", "training", "sync")
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 10 else f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return f"{a / b:.2f}×" if a and b else "—"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_f(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _status(r: dict[str, Any]) -> str | None:
+    if "skipped" in r:
+        return f"_skipped: {r['skipped']}_"
+    if "error" in r:
+        return f"_failed: {r['error']}_ (see logs/)"
+    return None
+
+
+def write_report(results_path: Path) -> None:
+    doc = json.loads(results_path.read_text())
+    out = results_path.parent
+    b = doc.get("benchmarks", {})
+    m = doc.get("machine", {})
+    md = [
+        "# rlaif benchmarks",
+        "",
+        f"- date: {doc.get('date')}; command: `{doc.get('command')}`; total {_f(doc.get('total_wall_s'), 0)} s",
+        f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB"
+        + (f"; GPU {m.get('gpu')} ({m.get('gpu_memory_gib')} GiB)" if m.get("gpu") else ""),
+        f"- load average at start (1/5/15 min): {m.get('load_average_start')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v),
+        f"- settings: `{json.dumps(doc.get('settings'))}`",
+        "- every figure is a median over the repeats; ratios are rlaif / baseline unless stated (> 1: rlaif ahead).",
+        "",
+    ]
+    md += _roofline(b.get("roofline", {}))
+    md += _generation(b.get("generation", {}), b.get("roofline", {}), out)
+    md += _judge(b.get("judge", {}))
+    md += _reward(b.get("reward", {}))
+    md += _ppo(b.get("ppo", {}), out)
+    md += _sync(b.get("sync", {}), out)
+    md += ["## Durations", ""]
+    md += _table(
+        ["benchmark", "wall s", "load average after (1/5/15)"],
+        [[k, v.get("wall_s"), str(v.get("load_average_after"))] for k, v in b.items()],
+    )
+    (out / "results.md").write_text("\n".join(md) + "\n")
+
+
+def _roofline(r: dict[str, Any]) -> list[str]:
+    md = ["## Machine limits (roofline)", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    mm, bw = r["matmul"], r["bandwidth"]
+    md += _table(
+        ["quantity", "value", "how"],
+        [
+            [
+                "peak matmul",
+                f"{mm['flops_per_s'] / 1e9:,.0f} GFLOP/s",
+                f"torch.mm {mm['n']}² {mm['dtype']}, {mm['threads']} threads",
+            ],
+            [
+                "memory bandwidth",
+                f"{bw['bytes_per_s'] / 1e9:,.1f} GB/s",
+                f"copy_ of {bw['bytes_per_copy'] >> 20} MiB, read + write",
+            ],
+        ],
+    )
+    md += [
+        "Decoding model: a step at batch b reads every weight once (W bytes) and does b·2·params FLOPs, so "
+        "tokens/s ≤ b / max(b·2·params / peak FLOP/s, W / bandwidth) (attention over ≤ 128 tokens adds < 2%).",
+        "",
+    ]
+    return md
+
+
+def _ceiling(gen: dict[str, Any], roof: dict[str, Any], batch: int) -> float | None:
+    if not roof or "matmul" not in roof:
+        return None
+    from bench.roofline import decode_ceiling
+
+    return decode_ceiling(
+        batch, gen["params"], gen["weight_bytes"], roof["matmul"]["flops_per_s"], roof["bandwidth"]["bytes_per_s"]
+    )
+
+
+def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]:
+    md = ["## 1. Generation (tokens/s)", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    rates = r["tokens_per_s"]
+    paths = [p for p in GEN_PATHS if p in rates]
+    md.append(
+        f"Model {r['model']} ({r['params'] / 1e6:.0f} M params), {r['max_new_tokens']} new tokens per prompt "
+        f"(EOS ignored), prompts of {r['prompt_tokens_mean']:.0f} tokens on average, temperature 1."
+    )
+    md.append("")
+    header = [
+        "batch",
+        *paths,
+        "rlaif engine / bare vLLM",
+        "rlaif actor / bare vLLM",
+        "best vLLM / transformers",
+        "roofline ceiling",
+        "bare vLLM % of ceiling",
+        "rlaif engine % of ceiling",
+    ]
+    rows = []
+    for bs in r["batch_sizes"]:
+        k = str(bs)
+        v = {p: rates[p].get(k) for p in paths}
+        ceil = _ceiling(r, roof, bs)
+        best = max((v.get("rlaif_engine") or 0), (v.get("vllm_bare") or 0)) or None
+        rows.append(
+            [
+                bs,
+                *[v[p] for p in paths],
+                _ratio(v.get("rlaif_engine"), v.get("vllm_bare")),
+                _ratio(v.get("rlaif_rollout_actor"), v.get("vllm_bare")),
+                _ratio(best, v.get("transformers")),
+                ceil,
+                f"{100 * v['vllm_bare'] / ceil:.0f}%" if ceil and v.get("vllm_bare") else "—",
+                f"{100 * v['rlaif_engine'] / ceil:.0f}%" if ceil and v.get("rlaif_engine") else "—",
+            ]
+        )
+    md += _table(header, rows)
+    for p, why in (r.get("skipped_paths") or {}).items():
+        md.append(f"- {p}: skipped ({why})")
+    md += ["", "![throughput vs batch](generation.png)", ""]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for p in paths:
+            ax.plot(r["batch_sizes"], [rates[p].get(str(x)) for x in r["batch_sizes"]], marker="o", label=p)
+        if roof and "matmul" in roof:
+            ax.plot(r["batch_sizes"], [_ceiling(r, roof, x) for x in r["batch_sizes"]], "k--", label="roofline ceiling")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("generated tokens/s")
+        ax.set_title(f"Generation, {r['model']}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "generation.png", dpi=110)
+        plt.close(fig)
+    except ImportError:
+        md.append("_(matplotlib missing: no plot)_")
+    return md
+
+
+def _judge(r: dict[str, Any]) -> list[str]:
+    md = ["## 2. Judge labelling", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    md.append(
+        f"{r['comparisons']} comparisons ({r['questions']} questions, both orders), "
+        f"{r['mean_prompt_tokens']:.0f} prompt tokens each on average."
+    )
+    md.append("")
+    md += _table(
+        ["judge", "comparisons/s", "prompt tokens/s", "seconds"],
+        [
+            [
+                "rlaif (prefix cache, single-pass option scoring)",
+                r["rlaif"]["comparisons_per_s"],
+                r["rlaif"]["prompt_tokens_per_s"],
+                r["rlaif"]["seconds"],
+            ],
+            [
+                "naive (generate ≤ 16 tokens, parse A/B)",
+                r["naive"]["comparisons_per_s"],
+                r["naive"]["prompt_tokens_per_s"],
+                r["naive"]["seconds"],
+            ],
+            ["ratio rlaif / naive", f"{r['speedup']:.2f}×", "", ""],
+        ],
+    )
+    return md
+
+
+def _reward(r: dict[str, Any]) -> list[str]:
+    md = ["## 3. Reward-model training", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    md.append(r.get("setup", ""))
+    md.append("")
+    rows = []
+    for side in ("rlaif", "trl"):
+        v = r.get(side, {})
+        rows.append([side, _status(v) or v.get("samples_per_s"), v.get("step_s_median"), v.get("final_loss")])
+    md += _table(["trainer", "pairs/s", "s/step (median)", "last loss"], rows)
+    md += [
+        f"rlaif / TRL: **{_ratio(r.get('rlaif', {}).get('samples_per_s'), r.get('trl', {}).get('samples_per_s'))}**",
+        "",
+    ]
+    return md
+
+
+def _ppo(r: dict[str, Any], out: Path) -> list[str]:
+    md = ["## 4. PPO iteration", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    md.append(r.get("setup", ""))
+    md.append("")
+    sides = [s for s in ("rlaif", "trl") if isinstance(r.get(s), dict) and "split_s" in r[s]]
+    rows = []
+    for ph in (*PPO_PHASES, "other", "total"):
+        rows.append([ph, *[r[s]["split_s"].get(ph) if ph != "total" else r[s]["iteration_s"] for s in sides]])
+    md += _table(["phase (s per iteration)", *sides], rows)
+    for s in ("rlaif", "trl"):
+        if isinstance(r.get(s), dict) and _status(r[s]):
+            md.append(f"- {s}: {_status(r[s])}")
+    if len(sides) == 2:
+        md += [
+            f"TRL / rlaif seconds per iteration: **{_ratio(r['trl']['iteration_s'], r['rlaif']['iteration_s'])}** "
+            "(> 1: rlaif faster)",
+            "",
+        ]
+    md += ["![PPO time split](ppo_split.png)", ""]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4))
+        bottoms = [0.0] * len(sides)
+        for ph in (*PPO_PHASES, "other"):
+            vals = [r[s]["split_s"].get(ph) or 0.0 for s in sides]
+            ax.bar(sides, vals, bottom=bottoms, label=ph)
+            bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
+        ax.set_ylabel("seconds per PPO iteration")
+        ax.set_title("PPO time split")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "ppo_split.png", dpi=110)
+        plt.close(fig)
+    except ImportError:
+        pass
+    return md
+
+
+def _sync(r: dict[str, Any], out: Path) -> list[str]:
+    md = ["## 5. Weight sync", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    floor = {f["bytes"]: f for f in r.get("floor", [])}
+    rows = []
+    learner = r.get("rlaif")
+    if isinstance(learner, list):
+        for x in learner:
+            fl = floor.get(x["bytes_per_engine"])
+            rows.append(
+                [
+                    x["source"],
+                    f"{x['bytes_per_engine'] / 1e6:,.0f}",
+                    f"learner → {x['engines']} engine(s)",
+                    x["seconds_median"],
+                    fl["seconds_median"] if fl else None,
+                    _ratio(x["seconds_median"], fl["seconds_median"]) if fl else "—",
+                ]
+            )
+    for f in r.get("floor", []):
+        rows.append([f["source"], f"{f['bytes'] / 1e6:,.0f}", "in-process copy (floor)", f["seconds_median"], None, ""])
+    md += _table(["model", "MB", "path", "seconds", "floor seconds", "× floor"], rows)
+    if isinstance(learner, dict) and _status(learner):
+        md.append(f"- learner → engines: {_status(learner)}")
+    md += ["", "![sync time vs bytes](sync.png)", ""]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if isinstance(learner, list):
+            for n in sorted({x["engines"] for x in learner}):
+                pts = sorted((x["bytes_per_engine"], x["seconds_median"]) for x in learner if x["engines"] == n)
+                ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker="o", label=f"learner → {n} engine(s)")
+        pts = sorted((f["bytes"], f["seconds_median"]) for f in r.get("floor", []))
+        ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "k--", marker="x", label="in-process copy (floor)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("MB per engine")
+        ax.set_ylabel("seconds per sync")
+        ax.set_title("Weight sync")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "sync.png", dpi=110)
+        plt.close(fig)
+    except ImportError:
+        pass
+    return md
+
+
+if __name__ == "__main__":
+    write_report(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/results.json"))
