@@ -33,6 +33,7 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
     from rlaif.actors.cluster import ClusterSpec, connect
     from rlaif.engines.models import resolve_model
     from rlaif.stages.pipeline import StageContext, run_stages
+    from rlaif.stages.preflight import check_inputs
     from rlaif.stages.registry import STAGES
 
     run_dir = Path(run_cfg.run_dir)
@@ -41,6 +42,8 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
         print(f"\nrun folder: {run_dir.resolve()} (no stages)")
         return
     model_path = resolve_model(run_cfg.model.name)
+    # Bad input fails here, before Ray starts or anything is written (rlaif.stages.preflight).
+    check_inputs(run_cfg, run_dir, model_path)
     c = run_cfg.cluster
     connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host))
     sink = make_sink(run_cfg, run_dir, config_dict)

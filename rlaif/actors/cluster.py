@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -37,6 +38,8 @@ def connect(spec: ClusterSpec) -> None:
     # Engines and trainers inherit this process's environment through Ray workers.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if spec.address:
+        # ray.init retries an address that does not answer for minutes: check it answers first.
+        probe_address(spec.address)
         try:
             ray.init(address=spec.address, log_to_driver=True)
         except Exception as exc:
@@ -53,6 +56,25 @@ def connect(spec: ClusterSpec) -> None:
         dashboard_host=spec.dashboard_host,
     )
     log.info("started a local Ray cluster: %s", ray.cluster_resources())
+
+
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one line when `address` ("host:port" or "ray://host:port") takes no TCP connection.
+
+    "auto" and addresses without a port are left to Ray.
+    """
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ClusterUnreachableError(
+            f"cluster.address={address!r}: no Ray cluster answers there ({exc.strerror or exc}); "
+            "start one with `ray start --head` or leave cluster.address unset for a local cluster"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,14 @@
 `ray.remote` is applied here, where roles are composed, with the role's resources;
 each actor sits in its own bundle of the role's placement group. Work is split into
 contiguous shards, one per actor, and results come back in input order.
+
+Faults: every actor is created with ``max_restarts`` and ``max_task_retries``. An actor
+whose process dies (killed, out of memory) is restarted by Ray in its bundle, which
+re-runs its constructor and so rebuilds its engine from the same arguments, and the
+shard it was working on is sent to it again. The caller sees one result per shard:
+no record lost or duplicated. A restarted engine holds the weights it was built with
+(the starting policy) at policy version 0; weights pushed to it later (PPO sync) are
+not replayed.
 """
 
 from __future__ import annotations
@@ -16,6 +24,10 @@ import ray
 from rlaif.actors.cluster import RoleGroupSpec, in_bundle, reserve
 
 T = TypeVar("T")
+
+# How often Ray restarts a dead actor, and re-sends a call that its death interrupted.
+MAX_RESTARTS = 3
+MAX_TASK_RETRIES = 3
 
 
 def engine_env(cpus: float, threads_per_worker: int | None = None) -> dict[str, str]:
@@ -42,7 +54,12 @@ class ActorPool:
     def __init__(self, cls: type, spec: RoleGroupSpec, args: tuple[Any, ...], env: dict[str, str]) -> None:
         self.spec = spec
         self.placement = reserve(spec)
-        remote_cls = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(cls)
+        remote_cls = ray.remote(
+            num_cpus=spec.cpus_per_worker,
+            num_gpus=spec.gpus_per_worker,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_TASK_RETRIES,
+        )(cls)
         self.actors = [
             remote_cls.options(
                 scheduling_strategy=in_bundle(self.placement, i),
@@ -69,10 +86,21 @@ class ActorPool:
     def call_each(self, fn: Callable[[Any], Any]) -> list[Any]:
         return ray.get([fn(a) for a in self.actors])
 
+    def locations(self) -> list[dict[str, Any]]:
+        """Where each actor runs now: its index, Ray node id, node IP and process id."""
+        found = ray.get([a.__ray_call__.remote(_where) for a in self.actors])
+        return [{"index": i, **where} for i, where in enumerate(found)]
+
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
         ray.util.remove_placement_group(self.placement)
+
+
+def _where(actor: Any) -> dict[str, Any]:
+    """Run inside an actor (through ``__ray_call__``): its node and process."""
+    node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": node_ip, "pid": os.getpid()}
 
 
 def split_evenly(items: Sequence[T], parts: int) -> list[list[T]]:

@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+
 from rlaif.actors.cluster import RoleGroupSpec
-from rlaif.actors.pool import ActorPool, engine_env
+from rlaif.actors.pool import ActorPool, engine_env, split_evenly
 from rlaif.actors.rollout import RolloutWorker
 from rlaif.config import RunConfig, engine_spec
 from rlaif.core.io import write_jsonl, write_manifest
@@ -66,13 +68,23 @@ def generation_smoke(run: RunConfig, model_path: Path, out: Path) -> SmokeResult
         generations: list[Generation] = pool.map_shards("generate", chats, params)
         wall = time.perf_counter() - start
         stats: list[ThroughputStats] = pool.call_all("stats")
+        # Where each actor ran (node id, IP, pid), and which actor answered each prompt (its shard).
+        actors = pool.locations()
+        owner = [i for i, shard in enumerate(split_evenly(chats, len(pool))) for _ in shard]
     finally:
         pool.shutdown()
     write_jsonl(
         out / "answers.jsonl",
         (
-            {"id": r.id, "prompt": r.prompt, "answer": g.completions[0].text, "policy_version": g.policy_version}
-            for r, g in zip(records, generations, strict=True)
+            {
+                "id": r.id,
+                "prompt": r.prompt,
+                "answer": g.completions[0].text,
+                "policy_version": g.policy_version,
+                "actor": owner[k],
+                "node_id": actors[owner[k]]["node_id"],
+            }
+            for k, (r, g) in enumerate(zip(records, generations, strict=True))
         ),
     )
     result = SmokeResult([r.prompt for r in records], generations, wall, stats)
@@ -81,5 +93,7 @@ def generation_smoke(run: RunConfig, model_path: Path, out: Path) -> SmokeResult
         {"answers": len(records)},
         {"model": run.model.name, "backend": run.engine.backend, "seed": run.seed},
         tokens_per_s=result.generated_tokens / wall,
+        actors=actors,
+        nodes=[{"node_id": n["NodeID"], "node_ip": n["NodeManagerAddress"]} for n in ray.nodes() if n["Alive"]],
     )
     return result
