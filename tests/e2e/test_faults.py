@@ -1,0 +1,173 @@
+"""Faults through `python -m rlaif.run` on the tiny model: a killed driver resumes, a killed actor restarts.
+
+Each run is a subprocess in its own session, so the test finds the Ray processes it started
+(raylet, workers, actors) by session id, kills only those, and cleans them up afterwards.
+An actor is killed while it runs a batch: Ray names a worker process
+``ray::<Class>.<method>`` while the method runs, which is what the test waits for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rlaif.core.io import read_jsonl, read_manifest
+
+BASE = ["logging.wandb_mode=disabled", "cluster.include_dashboard=false"]
+
+
+def rlaif_cmd(run_dir: Path, model: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "rlaif.run", f"run_dir={run_dir}", f"model.name={model}", *BASE, *overrides]
+
+
+def session_processes(sid: int) -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every live process in session `sid` (those the run started)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # Fields after the command name, which is in parentheses and may contain spaces.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) != sid or fields[0] == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        yield int(entry.name), cmdline
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process still alive in session `sid`, one by one by pid."""
+    for pid, _ in list(session_processes(sid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:]
+
+
+def unique_ids(path: Path) -> list[str]:
+    ids = [row["id"] for row in read_jsonl(path)]
+    assert len(ids) == len(set(ids)), f"{path}: duplicate ids"
+    return ids
+
+
+# What to kill (the first batch of each role, while it runs), and which records to count afterwards.
+KILL_TITLES = {
+    "critic": "ray::ConstitutionalCritic.critique",
+    "rollout": "ray::RolloutWorker.generate",
+    "judge": "ray::ConstitutionalJudge.label",
+}
+
+
+@pytest.mark.slow
+def test_rollout_critic_and_judge_killed_mid_batch_restart_and_their_batches_are_retried(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """One run of sl_cai then preferences (one Ray cluster, to keep CI short); each role's actor is killed once."""
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    overrides = [
+        "stages=[sl_cai,preferences]",
+        "sl_cai.rounds=1",
+        "sl_cai.num_helpful=4",
+        "sl_cai.max_new_tokens=96",
+        "label.max_new_tokens=96",
+        "label.principles_per_comparison=4",
+    ]
+    proc = start(rlaif_cmd(run_dir, tiny_model, *overrides), log)
+    killed: dict[str, int] = {}
+    restarted: dict[str, set[int]] = {role: set() for role in KILL_TITLES}
+    try:
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            for pid, cmdline in session_processes(proc.pid):
+                for role, title in KILL_TITLES.items():
+                    if role not in killed and cmdline.startswith(title):
+                        os.kill(pid, signal.SIGKILL)  # mid-batch: the process is inside the method
+                        killed[role] = pid
+                    elif role in killed and cmdline.startswith(title.split(".")[0]) and pid != killed[role]:
+                        restarted[role].add(pid)
+            time.sleep(0.05)
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kill_session(proc.pid)
+    assert sorted(killed) == sorted(KILL_TITLES), f"killed only {sorted(killed)}\n{tail(log)}"
+    assert rc == 0, tail(log)
+    for role, pids in restarted.items():
+        assert pids, f"no {role} actor process after the kill\n{tail(log)}"
+    # Every record exactly once, the expected number of them.
+    sl_cai, prefs = read_manifest(run_dir / "sl_cai"), read_manifest(run_dir / "preferences")
+    assert sl_cai is not None and prefs is not None
+    assert len(unique_ids(run_dir / "sl_cai" / "records.jsonl")) == sl_cai["counts"]["records"] == 24
+    assert len(unique_ids(run_dir / "sl_cai" / "helpful.jsonl")) == 4
+    for name in ("pairs.jsonl", "labels.jsonl", "trl.jsonl"):
+        rows = list(read_jsonl(run_dir / "preferences" / name))
+        assert len(rows) == prefs["counts"]["pairs"] == 24, name
+    assert len(unique_ids(run_dir / "preferences" / "pairs.jsonl")) == 24
+    assert len(unique_ids(run_dir / "preferences" / "labels.jsonl")) == 24
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_stage_resumes_without_losing_or_duplicating_records(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    cmd = rlaif_cmd(
+        run_dir,
+        tiny_model,
+        "stages=[sl_cai]",
+        "sl_cai.rounds=1",
+        "sl_cai.num_helpful=8",
+        "sl_cai.chunk_size=6",
+        "sl_cai.max_new_tokens=64",
+    )
+    work = run_dir / "sl_cai" / "work"
+    first = start(cmd, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 600
+        # Kill once the critique step has saved a chunk, before the revisions are done.
+        while first.poll() is None and time.monotonic() < deadline:
+            if (work / "critique_0.jsonl").is_file() and (work / "critique_0.jsonl").stat().st_size > 0:
+                os.kill(first.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        kill_session(first.pid)
+    assert first.returncode == -signal.SIGKILL, (
+        f"the driver finished before it was killed\n{tail(tmp_path / 'first.log')}"
+    )
+    assert read_manifest(run_dir / "sl_cai") is None and not (run_dir / "sl_cai" / "records.jsonl").exists()
+    answered_before = len(unique_ids(work / "answers.jsonl"))
+    assert answered_before == 24
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900, start_new_session=True)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    manifest = read_manifest(run_dir / "sl_cai")
+    assert manifest is not None
+    ids = unique_ids(run_dir / "sl_cai" / "records.jsonl")
+    assert len(ids) == manifest["counts"]["records"] == 24
+    assert len(unique_ids(run_dir / "sl_cai" / "helpful.jsonl")) == 8
+    # The second run generated only what the first had not saved: no answers again, the rest of the chains.
+    generated = manifest["generated_this_run"]
+    assert "answers" not in generated
+    assert generated.get("critique_0", 0) < 24 and generated.get("revision_0", 0) > 0
