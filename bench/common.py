@@ -70,7 +70,11 @@ def require(*modules: str) -> None:
     import importlib.util
 
     for name in modules:
-        if importlib.util.find_spec(name) is None:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
             raise Skipped(f"{name} is not installed")
 
 

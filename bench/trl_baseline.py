@@ -1,0 +1,227 @@
+"""The TRL baselines, run in bench/.venv-trl (trl 1.12.0) in their own process; results come back as JSON.
+
+    bench/.venv-trl/bin/python bench/trl_baseline.py reward CONFIG_JSON OUT_JSON
+    bench/.venv-trl/bin/python bench/trl_baseline.py ppo CONFIG_JSON OUT_JSON
+
+Imports nothing from rlaif (not installed there): the config names the model folders and
+a JSONL data file written by the rlaif side (bench/reward.py, bench/ppo.py), so both sides
+read the same data.
+
+- reward: `trl.RewardTrainer` on conversational chosen/rejected pairs; per-step times from a callback.
+- ppo: `trl.experimental.ppo.PPOTrainer` (removed from TRL after 1.12.0); the time split comes
+  from wrapping the trainer module's `batch_generation` (generation), `get_reward` on the reward
+  model (scoring), `forward` without gradients and `get_reward` on the value model (learner
+  forward); training is the rest of each iteration, whose ends come from a callback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+def _rows(path: str) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def reward(cfg: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(cfg["model"], num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rows = _rows(cfg["data"])
+    data = Dataset.from_list(
+        [
+            {
+                "chosen": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in rows
+        ]
+    )
+    steps: list[float] = []
+    losses: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            steps.append(time.perf_counter() - self.t)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    args = RewardConfig(
+        output_dir=cfg["out_dir"],
+        per_device_train_batch_size=cfg["batch"],
+        gradient_accumulation_steps=1,
+        max_steps=cfg["steps"],
+        max_length=cfg["max_len"],
+        learning_rate=1e-5,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=cfg["device"] == "cpu",
+        bf16=cfg["device"] == "cuda",
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
+    started = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - started
+    step = statistics.median(steps)
+    return {
+        "steps": len(steps),
+        "step_s": steps,
+        "step_s_median": step,
+        "samples_per_s": cfg["batch"] / step,
+        "train_wall_s": total,
+        "final_loss": losses[-1] if losses else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as mod
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"], padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+    rm = AutoModelForSequenceClassification.from_pretrained(cfg["reward_model"], num_labels=1, dtype=torch.float32)
+    value = AutoModelForSequenceClassification.from_pretrained(cfg["reward_model"], num_labels=1, dtype=torch.float32)
+    prompts = [r["prompt"] for r in _rows(cfg["data"])]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    data = Dataset.from_dict({"input_ids": ids})
+    b, micro = cfg["batch"], cfg["micro_batch"]
+    args = PPOConfig(
+        output_dir=cfg["out_dir"],
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=b // micro,
+        num_mini_batches=1,
+        total_episodes=b * cfg["iterations"],
+        local_rollout_forward_batch_size=b,
+        num_ppo_epochs=1,
+        response_length=cfg["new_tokens"],
+        temperature=1.0,
+        stop_token="eos",
+        num_sample_generations=0,
+        learning_rate=1e-6,
+        kl_coef=0.05,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=cfg["device"] == "cpu",
+        bf16=cfg["device"] == "cuda",
+        gradient_checkpointing=False,
+        seed=0,
+        disable_tqdm=True,
+    )
+    phases = {"generation": 0.0, "scoring": 0.0, "learner_forward": 0.0}
+    iters: list[dict[str, float]] = []
+    response_tokens: list[float] = []
+
+    def wrap(fn: Any, pick: Any) -> Any:
+        def inner(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            phase = pick(a)
+            if phase:
+                phases[phase] += time.perf_counter() - t
+            return out
+
+        return inner
+
+    gen = mod.batch_generation
+
+    def timed_generation(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        out = gen(*a, **kw)
+        phases["generation"] += time.perf_counter() - t
+        query_responses = out[0]
+        resp = query_responses[:, a[1].shape[1] :]
+        response_tokens.append(float((resp != tokenizer.pad_token_id).sum()) / resp.shape[0])
+        return out
+
+    mod.batch_generation = timed_generation
+    mod.get_reward = wrap(mod.get_reward, lambda a: "scoring" if a[0] is rm else "learner_forward")
+    mod.forward = wrap(mod.forward, lambda a: None if torch.is_grad_enabled() else "learner_forward")
+    marks = {"t": 0.0}
+
+    class Split(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            marks["t"] = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            now = time.perf_counter()
+            total = now - marks["t"]
+            marks["t"] = now
+            row = dict(phases)
+            row["training"] = total - sum(phases.values())
+            row["total"] = total
+            iters.append(row)
+            for k in phases:
+                phases[k] = 0.0
+
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref,
+        reward_model=rm,
+        train_dataset=data,
+        value_model=value,
+        callbacks=[Split()],
+    )
+    started = time.perf_counter()
+    trainer.train()
+    return {
+        "iterations": iters,
+        "train_wall_s": time.perf_counter() - started,
+        "response_tokens_mean": statistics.mean(response_tokens) if response_tokens else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+if __name__ == "__main__":
+    mode, cfg, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    import trl
+
+    result = {"reward": reward, "ppo": ppo}[mode](cfg)
+    result["trl_version"] = trl.__version__
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
