@@ -30,7 +30,7 @@ register_configs()
 
 
 def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
-    from rlaif.actors.cluster import ClusterSpec, connect
+    from rlaif.actors.cluster import ClusterSpec, connect, probe_address
     from rlaif.engines.models import resolve_model
     from rlaif.stages.pipeline import StageContext, run_stages
     from rlaif.stages.preflight import check_inputs
@@ -43,6 +43,8 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
         return
     model_path = resolve_model(run_cfg.model.name)
     # Bad input fails here, before Ray starts or anything is written (rlaif.stages.preflight).
+    if run_cfg.cluster.address:
+        probe_address(run_cfg.cluster.address)
     check_inputs(run_cfg, run_dir, model_path)
     c = run_cfg.cluster
     connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host))
