@@ -115,29 +115,41 @@ def run_vllm_in_process(
     ours_params = SamplingParams(temperature=1.0, max_new_tokens=s.max_new_tokens, ignore_eos=True)
     bare_params = VSamplingParams(temperature=1.0, max_tokens=s.max_new_tokens, ignore_eos=True)
     engine.generate(chats[:2], SamplingParams(max_new_tokens=2))  # warm-up
-    ours: dict[int, list[float]] = {b: [] for b in s.batch_sizes}
-    bare: dict[int, list[float]] = {b: [] for b in s.batch_sizes}
+    import torch
+
+    threads = torch.get_num_threads()
+    series: dict[str, dict[int, list[float]]] = {k: {b: [] for b in s.batch_sizes} for k in ("ours", "bare", "bare1")}
+    # bare1: bare vLLM on ONE torch thread, what vLLM falls back to in-process when OMP_NUM_THREADS is unset
+    # (and what a Ray actor on < 2 CPUs got); it tells whether the extra threads pay on this machine.
+    # vLLM replaces torch.set_num_threads with a no-op after binding; torch._C's setter still works.
+    kinds = ["ours", "bare"] + (["bare1"] if s.device == "cpu" and threads > 1 else [])
     for rep in range(s.repeats):
         for b in s.batch_sizes:
-            order = ("ours", "bare") if rep % 2 == 0 else ("bare", "ours")  # alternate who goes first
+            order = kinds if rep % 2 == 0 else kinds[::-1]  # alternate who goes first
             for who in order:
                 if who == "ours":
                     sec, gens = timed(lambda b=b: engine.generate(chats[:b], ours_params))
                     n = sum(len(c.token_ids) for g in gens for c in g.completions)
-                    ours[b].append(n / sec)
                 else:
                     prompts = [TokensPrompt(prompt_token_ids=x) for x in ids[:b]]
+                    torch._C.set_num_threads(1 if who == "bare1" else threads)
                     sec, outs = timed(lambda p=prompts: engine.llm.generate(p, bare_params, use_tqdm=False))
+                    torch._C.set_num_threads(threads)
                     n = sum(len(o.outputs[0].token_ids) for o in outs)
-                    bare[b].append(n / sec)
-            log(f"generation b={b}: rlaif engine {ours[b][-1]:.1f}, bare vLLM {bare[b][-1]:.1f} tok/s")
+                series[who][b].append(n / sec)
+            rates = ", ".join(f"{k} {series[k][b][-1]:.1f}" for k in kinds)
+            log(f"generation b={b}: {rates} tok/s")
     engine.shutdown()
     meta = {
         "engine_start_s": started,
+        "torch_threads": threads,
         "threads_env": {
             k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE")
         },
     }
+    if "bare1" in kinds:
+        meta["vllm_bare_1thread"] = {b: median(v) for b, v in series["bare1"].items()}
+    ours, bare = series["ours"], series["bare"]
     return {b: median(v) for b, v in ours.items()}, {b: median(v) for b, v in bare.items()}, meta
 
 
@@ -217,6 +229,8 @@ def run(s: Settings) -> dict[str, Any]:
     else:
         ours, bare, meta = run_vllm_in_process(s, model_dir, chats or [], ids)
         rates["rlaif_engine"], rates["vllm_bare"] = ours, bare
+        if "vllm_bare_1thread" in meta:
+            rates["vllm_bare_1thread"] = meta.pop("vllm_bare_1thread")
         result["vllm"] = meta
         if s.device == "cpu" and not s.quick:
             try:

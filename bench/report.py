@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-GEN_PATHS = ("transformers", "vllm_bare", "rlaif_engine", "rlaif_rollout_actor")
+GEN_PATHS = ("transformers", "vllm_bare", "vllm_bare_1thread", "rlaif_engine", "rlaif_rollout_actor")
 PPO_PHASES = ("generation", "scoring", "learner_forward", "training", "sync")
 
 

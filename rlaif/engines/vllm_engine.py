@@ -60,6 +60,12 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if spec.device == "cpu":
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(spec.kv_cache_gib)))
+            # In-process, vLLM drops torch to ONE thread for "serving" unless OMP_NUM_THREADS is set, and on
+            # CPU those threads run the model's GEMMs: unset, the engine decoded at about half speed on 2
+            # cores. Ray actors set it (rlaif.actors.pool.engine_env); elsewhere use the threads torch has.
+            import torch
+
+            os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
