@@ -82,7 +82,8 @@ def _roofline(r: dict[str, Any]) -> list[str]:
             [
                 "peak matmul",
                 f"{mm['flops_per_s'] / 1e9:,.0f} GFLOP/s",
-                f"torch.mm {mm['n']}² {mm['dtype']}, {mm['threads']} threads",
+                f"torch.mm {mm['n']}² {mm['dtype']}"
+                + (f", {mm['threads']} threads" if mm["dtype"] == "float32" else ""),
             ],
             [
                 "memory bandwidth",
@@ -127,6 +128,7 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
         "rlaif actor / bare vLLM",
         "best vLLM / transformers",
         "roofline ceiling",
+        "transformers % of ceiling",
         "bare vLLM % of ceiling",
         "rlaif engine % of ceiling",
     ]
@@ -144,6 +146,7 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
                 _ratio(v.get("rlaif_rollout_actor"), v.get("vllm_bare")),
                 _ratio(best, v.get("transformers")),
                 ceil,
+                f"{100 * v['transformers'] / ceil:.1f}%" if ceil and v.get("transformers") else "—",
                 f"{100 * v['vllm_bare'] / ceil:.0f}%" if ceil and v.get("vllm_bare") else "—",
                 f"{100 * v['rlaif_engine'] / ceil:.0f}%" if ceil and v.get("rlaif_engine") else "—",
             ]
@@ -164,6 +167,7 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
         if roof and "matmul" in roof:
             ax.plot(r["batch_sizes"], [_ceiling(r, roof, x) for x in r["batch_sizes"]], "k--", label="roofline ceiling")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_ylabel("generated tokens/s")
         ax.set_title(f"Generation, {r['model']}")
