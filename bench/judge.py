@@ -8,7 +8,9 @@ prefix cache:
 - ``rlaif``: `ConstitutionalJudge.label`: one batched ``score_options`` call; the option
   letters' probabilities come from one decoding step, the shared preamble from the cache;
 - ``naive``: the same questions, greedy generation of up to 16 tokens of answer text,
-  parsed for "A"/"B" (a hard label; unparseable answers count as a tie).
+  parsed for "A"/"B" (a hard label; unparseable answers count as a tie);
+- ``naive_no_prefix_cache``: the naive judge with a distinct cache salt per question, so nothing is
+  shared: what it costs on an engine without prefix caching.
 
 Reported: comparisons/s (a comparison = one pair judged in both orders) and prompt
 tokens/s (every prompt token asked about, cached or not), medians over repeats.
@@ -43,7 +45,17 @@ def run(s: Settings) -> dict[str, Any]:
     texts = [q.text for q in build_queries(comparisons, judge.preamble, both_orders=True, cot=False)]
     prompt_tokens = sum(len(engine.renderer.encode(t, room=16)) for t in texts)
     naive_params = SamplingParams(temperature=0.0, max_new_tokens=16)
-    ours_s, naive_s, parsed = [], [], 0
+    from vllm import SamplingParams as VSamplingParams
+    from vllm.inputs import TokensPrompt
+
+    # The naive judge without prefix sharing: a distinct cache salt per question keeps each one from
+    # reusing another's cached blocks (what a judge on an engine without prefix caching pays).
+    salted = [
+        TokensPrompt(prompt_token_ids=engine.renderer.encode(t, room=16), cache_salt=f"q{i}")
+        for i, t in enumerate(texts)
+    ]
+    salted_params = VSamplingParams(temperature=0.0, max_tokens=16)
+    ours_s, naive_s, nocache_s, parsed = [], [], [], 0
     for rep in range(s.repeats):
         engine.llm.reset_prefix_cache()
         sec, _ = timed(lambda: judge.label(comparisons, both_orders=True, cot=False))
@@ -52,8 +64,11 @@ def run(s: Settings) -> dict[str, Any]:
         sec, gens = timed(lambda: engine.generate(texts, naive_params))
         naive_s.append(sec)
         answers = [g.completions[0].text for g in gens]
+        engine.llm.reset_prefix_cache()
+        sec, _ = timed(lambda: engine.llm.generate(salted, salted_params, use_tqdm=False))
+        nocache_s.append(sec)
         parsed = sum(1 for a in answers if re.search(r"\b[AB]\b", a))
-        log(f"judge rep {rep}: rlaif {ours_s[-1]:.1f} s, naive {naive_s[-1]:.1f} s for {len(comparisons)} comparisons")
+        log(f"judge rep {rep}: rlaif {ours_s[-1]:.1f} s, naive {naive_s[-1]:.1f} s, no cache {nocache_s[-1]:.1f} s")
     n = len(comparisons)
     ours, naive = median(ours_s), median(naive_s)
     return {
@@ -69,5 +84,11 @@ def run(s: Settings) -> dict[str, Any]:
             "max_new_tokens": 16,
             "parsed_answers": parsed,
         },
+        "naive_no_prefix_cache": {
+            "seconds": median(nocache_s),
+            "comparisons_per_s": n / median(nocache_s),
+            "prompt_tokens_per_s": prompt_tokens / median(nocache_s),
+        },
         "speedup": naive / ours,
+        "speedup_vs_no_prefix_cache": median(nocache_s) / ours,
     }

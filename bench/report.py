@@ -204,7 +204,24 @@ def _judge(r: dict[str, Any]) -> list[str]:
                 r["naive"]["prompt_tokens_per_s"],
                 r["naive"]["seconds"],
             ],
-            ["ratio rlaif / naive", f"{r['speedup']:.2f}×", "", ""],
+            *(
+                [
+                    [
+                        "naive, no prefix sharing",
+                        r["naive_no_prefix_cache"]["comparisons_per_s"],
+                        r["naive_no_prefix_cache"]["prompt_tokens_per_s"],
+                        r["naive_no_prefix_cache"]["seconds"],
+                    ]
+                ]
+                if "naive_no_prefix_cache" in r
+                else []
+            ),
+            ["speed-up rlaif vs naive", f"{r['speedup']:.2f}×", "", ""],
+            *(
+                [["speed-up rlaif vs naive without prefix sharing", f"{r['speedup_vs_no_prefix_cache']:.2f}×", "", ""]]
+                if "speedup_vs_no_prefix_cache" in r
+                else []
+            ),
         ],
     )
     return md
