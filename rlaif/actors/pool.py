@@ -9,8 +9,10 @@ whose process dies (killed, out of memory) is restarted by Ray in its bundle, wh
 re-runs its constructor and so rebuilds its engine from the same arguments, and the
 shard it was working on is sent to it again. The caller sees one result per shard:
 no record lost or duplicated. A restarted engine holds the weights it was built with
-(the starting policy) at policy version 0; weights pushed to it later (PPO sync) are
-not replayed.
+(the starting policy) at policy version 0 and has left PPO's weight-sync group; in
+`rl_cai`, `rlaif.actors.policy_sync.PolicySync` notices the new incarnation, re-forms the
+group and pushes the current policy, and the stage samples that iteration's batch again
+(`rlaif.stages.rl_cai.sample_fresh`, metric ``ppo/actor_restarts``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ store, DESIGN §7) and are handed to the engine as torch tensors.
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from rlaif.core.buckets import TensorMeta
 from rlaif.engines.base import EngineSpec, Generation, Prompt, SamplingParams, ThroughputStats
 from rlaif.engines.factory import build_engine
-from rlaif.engines.weight_sync import SyncGroup, SyncStats, receive_state
+from rlaif.engines.weight_sync import TIMEOUT_S, SyncGroup, SyncStats, receive_state
 
 
 class RolloutWorker:
@@ -25,10 +26,21 @@ class RolloutWorker:
     def __init__(self, spec: EngineSpec) -> None:
         self.engine = build_engine(spec)
         self.sync_group: SyncGroup | None = None
+        # New on every construction: when Ray restarts a dead actor it re-runs this constructor,
+        # so a changed value tells the driver that the engine is back at its starting weights.
+        self._incarnation = uuid.uuid4().hex
 
-    def join_sync_group(self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str) -> None:
-        """Join the learner's broadcast group (rank 0 is the learner); blocks until all members join."""
-        self.sync_group = SyncGroup(master_addr, master_port, rank, world_size, backend)
+    def join_sync_group(
+        self, master_addr: str, master_port: int, rank: int, world_size: int, backend: str, timeout_s: int = TIMEOUT_S
+    ) -> str:
+        """Join the learner's broadcast group (rank 0 is the learner); blocks until all members join.
+
+        Any previous group is dropped first (the group is re-formed after a member restarted).
+        Returns this actor's incarnation, so the driver knows which life of the actor joined.
+        """
+        self.sync_group = None
+        self.sync_group = SyncGroup(master_addr, master_port, rank, world_size, backend, timeout_s)
+        return self._incarnation
 
     def receive_weights(self, metas: Sequence[TensorMeta], bucket_bytes: int, version: int) -> SyncStats:
         """Take part in one broadcast from the learner, then load the weights into the engine."""
@@ -50,6 +62,10 @@ class RolloutWorker:
 
     def wake_up(self) -> None:
         self.engine.wake_up()
+
+    def incarnation(self) -> str:
+        """Which life of this actor this is: a fresh id per construction (so per Ray restart)."""
+        return self._incarnation
 
     def policy_version(self) -> int:
         return self.engine.policy_version

@@ -19,6 +19,9 @@ import torch.distributed as dist
 
 from rlaif.core.buckets import TensorMeta, plan_buckets
 
+# How long a member waits for the others (rendezvous, each broadcast) before it raises instead of hanging.
+TIMEOUT_S = 600
+
 
 class SyncStats(NamedTuple):
     bytes: int
@@ -36,7 +39,7 @@ class SyncGroup:
         rank: int,
         world_size: int,
         backend: str = "gloo",
-        timeout_s: int = 600,
+        timeout_s: int = TIMEOUT_S,
     ) -> None:
         timeout = datetime.timedelta(seconds=timeout_s)
         self.store = dist.TCPStore(master_addr, master_port, world_size, rank == 0, timeout=timeout)

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "rl_cai"
 TIME_KEYS = ("generation", "scoring", "learner_forward", "training", "sync")
+# How often one iteration samples its batch again after rollout actors restarted, before giving up.
+MAX_RESAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def ppo_iteration(
     """One PPO iteration: sample, score, evaluate, advantages, update, sync."""
     cfg, timer = run.ppo, Timer()
     with timer("generation"):
-        samples = sample_responses(roles, records, cfg)
+        samples, restarts = sample_fresh(roles, records, cfg)
     roles.engines_sleep()
     with timer("scoring"):
         scores = roles.scorer.score(
@@ -175,9 +177,33 @@ def ppo_iteration(
         "sync_bytes": sync.bytes,
         "sync_buckets": sync.buckets,
         "sync_send_s": sync.send_seconds,
+        # Rollout actors that died and were restarted this iteration (while sampling, or before the sync).
+        "actor_restarts": restarts + sync.restarts,
         **{f"time_{k}_s": timer.seconds[k] for k in TIME_KEYS},
     }
     return IterationResult(metrics, sample_rows(samples, scores, iteration, cfg.samples_per_prompt))
+
+
+def sample_fresh(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfig) -> tuple[list[Sample], int]:
+    """Samples all from the engines' current policy (`roles.sync.version`), and how many actors restarted.
+
+    A rollout actor that dies mid-batch is restarted by Ray, which re-sends its shard; but the
+    restarted engine samples with its starting weights (policy version 0) and has left the sync
+    group. So after sampling, rejoin any restarted actor and push it the current policy; if any
+    sample then carries another version, sample the whole batch again (rare, so simple beats
+    saving the healthy shards). Each try replaces the last, so no prompt is lost or doubled.
+    """
+    restarts = 0
+    for _ in range(MAX_RESAMPLES + 1):
+        samples = sample_responses(roles, records, cfg)
+        restarts += roles.sync.recover()
+        version = roles.sync.version
+        if all(s.generation.policy_version == version for s in samples):
+            return samples, restarts
+        log.warning("rl_cai: samples from a restarted rollout engine; sampling again at policy version %d", version)
+    raise RuntimeError(
+        f"rl_cai: rollout engines kept restarting; no batch at policy version {version} after {MAX_RESAMPLES} resamples"
+    )
 
 
 def sample_responses(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfig) -> list[Sample]:
@@ -278,6 +304,7 @@ def _summary(rows: list[dict[str, Any]], startup_s: float) -> dict[str, Any]:
         "kl_last": rows[-1]["kl_mean"] if rows else None,
         "sync_bytes": rows[-1]["sync_bytes"] if rows else 0,
         "sync_seconds_mean": totals["sync_s"] / n,
+        "actor_restarts": sum(r.get("actor_restarts", 0) for r in rows),
     }
 
 

@@ -41,7 +41,7 @@ from rlaif.core.experience import (
     position_ids_from_mask,
 )
 from rlaif.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
-from rlaif.engines.weight_sync import SyncGroup, SyncStats, send_state
+from rlaif.engines.weight_sync import TIMEOUT_S, SyncGroup, SyncStats, send_state
 from rlaif.trainers import distributed as D
 from rlaif.trainers.reward import RewardModel
 
@@ -245,11 +245,18 @@ class PPOTrainer:
         """Rank 0: an address and free port on its node for the broadcast group's store."""
         return self.master_addr, D.find_free_port()
 
-    def join_sync_group(self, master_addr: str, master_port: int, world_size: int, backend: str) -> None:
-        """Rank 0: join the broadcast group as its rank 0 (blocks until every engine joins too)."""
+    def join_sync_group(
+        self, master_addr: str, master_port: int, world_size: int, backend: str, timeout_s: int = TIMEOUT_S
+    ) -> None:
+        """Rank 0: join the broadcast group as its rank 0 (blocks until every engine joins too).
+
+        A group formed earlier is dropped first: the driver re-forms the group when a rollout
+        actor was restarted, and the old one still links to the dead process.
+        """
         if self.rank != 0:
             raise RuntimeError(f"only learner rank 0 sends weights; this is rank {self.rank}")
-        self.sync_group = SyncGroup(master_addr, master_port, 0, world_size, backend)
+        self.sync_group = None
+        self.sync_group = SyncGroup(master_addr, master_port, 0, world_size, backend, timeout_s)
 
     def tensor_metas(self) -> list[TensorMeta]:
         """Name, full (unsharded) shape and dtype of every policy parameter, in sending order."""

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,65 @@ def test_driver_killed_mid_stage_resumes_without_losing_or_duplicating_records(
     generated = manifest["generated_this_run"]
     assert "answers" not in generated
     assert generated.get("critique_0", 0) < 24 and generated.get("revision_0", 0) > 0
+
+
+@pytest.mark.slow
+def test_rollout_actor_killed_mid_ppo_iteration_rejoins_the_weight_sync_and_its_batch_is_resampled(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """rl_cai with a rule reward: the rollout actor is killed while it samples iteration 1's batch.
+
+    Ray restarts it with the starting weights (policy version 0) outside the sync group; the
+    driver must rejoin it, push policy version 1 and sample the batch again.
+    """
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    iterations, prompts, per_prompt = 3, 8, 2
+    overrides = [
+        "stages=[rl_cai]",
+        "ppo.reward=token_count:1",
+        f"ppo.iterations={iterations}",
+        f"ppo.prompts_per_iteration={prompts}",
+        f"ppo.samples_per_prompt={per_prompt}",
+        "ppo.max_new_tokens=64",
+        "ppo.mini_batch_size=16",
+        "ppo.micro_batch_size=8",
+        "ppo.checkpoint_every=0",
+        "engine.max_model_len=256",
+    ]
+    metrics = run_dir / "rl_cai" / "metrics.jsonl"
+    proc = start(rlaif_cmd(run_dir, tiny_model, *overrides), log)
+    killed, restarted = 0, set[int]()
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            # Iteration 0 is done once its metrics row is written; the next `generate` is iteration 1's.
+            armed = metrics.is_file() and metrics.stat().st_size > 0
+            for pid, cmdline in session_processes(proc.pid):
+                if not killed and armed and cmdline.startswith(KILL_TITLES["rollout"]):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+                elif killed and cmdline.startswith("ray::RolloutWorker") and pid != killed:
+                    restarted.add(pid)
+            time.sleep(0.02)
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kill_session(proc.pid)
+    assert killed, f"no rollout actor was caught sampling after iteration 0\n{tail(log)}"
+    assert rc == 0, tail(log)
+    assert restarted, f"no rollout actor process after the kill\n{tail(log)}"
+    rows = list(read_jsonl(metrics))
+    assert [r["iteration"] for r in rows] == list(range(iterations))
+    # The kill was in iteration 1 (or, if it was slow to land, a later one); recorded there once.
+    assert sum(r["actor_restarts"] for r in rows) == 1 and rows[0]["actor_restarts"] == 0, rows
+    # Every (iteration, prompt, sample) exactly once, each sampled by the policy of the previous update.
+    samples = list(read_jsonl(run_dir / "rl_cai" / "samples.jsonl"))
+    assert len(unique_ids(run_dir / "rl_cai" / "samples.jsonl")) == iterations * prompts * per_prompt
+    for k in range(iterations):
+        of_k = [s for s in samples if s["iteration"] == k]
+        assert {s["policy_version"] for s in of_k} == {k}, k
+        assert all(n == per_prompt for n in Counter(s["prompt_id"] for s in of_k).values())
+        assert len({s["prompt_id"] for s in of_k}) == prompts
+    manifest = read_manifest(run_dir / "rl_cai")
+    assert manifest is not None and manifest["summary"]["actor_restarts"] == 1
