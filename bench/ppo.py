@@ -6,10 +6,10 @@ model on both sides), same batch (prompts per iteration, one sample each), respo
 one PPO epoch, mini-batch = batch, micro-batch = min(4, batch), fp32:
 
 - ``rlaif``: ``python -m rlaif.run stages=[rl_cai]`` in its own process, with its Ray roles
-  (learner: one DeepSpeed ZeRO-2 rank; one vLLM rollout actor; one reward-scorer actor). The roles
-  take turns, so each is given every core's threads (``cluster.*.threads_per_worker``,
-  ``cluster.learner.cpus_per_worker``); the split is read from ``rl_cai/metrics.jsonl``
-  (generation, scoring, learner_forward, training, sync);
+  (learner: one DeepSpeed rank, whose ZeRO-2 config runs as stage 0 with CPU Adam on one rank;
+  one vLLM rollout actor; one reward-scorer actor). The roles take turns, so each is given every
+  core's threads (``cluster.*.threads_per_worker``, ``cluster.learner.cpus_per_worker``); the
+  split is read from ``rl_cai/metrics.jsonl`` (generation, scoring, learner_forward, training, sync);
 - ``trl``: `trl.experimental.ppo.PPOTrainer` (trl 1.12.0, bench/.venv-trl), one process; the
   split is measured by `bench/trl_baseline.py` (generation, scoring, learner_forward, training).
 

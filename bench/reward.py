@@ -5,8 +5,9 @@ two stand-in responses of 40-120 tokens, written once to a JSONL that both sides
 chat template, max length, batch size (pairs per step), number of steps, fp32, AdamW-family
 optimizer, lr 1e-5, no gradient checkpointing, and one process each:
 
-- ``rlaif``: one DeepSpeed rank (ZeRO-2, CPU Adam, gloo; the reward_model stage's default
-  config) in this process; soft-label Bradley-Terry loss, both responses in one forward pass;
+- ``rlaif``: one DeepSpeed rank in this process (the reward_model stage's default config, ZeRO-2
+  with CPU Adam, which on a single fp32 rank runs as ZeRO stage 0 with the same CPU Adam; gloo);
+  soft-label Bradley-Terry loss, both responses in one forward pass;
 - ``trl``: `trl.RewardTrainer` (trl 1.12.0) in bench/.venv-trl, its own process.
 
 Reported: median seconds per optimizer step (the first step, with its warm-up, included in the
@@ -67,7 +68,7 @@ def run_rlaif(s: Settings, model: str, data: Path) -> dict[str, Any]:
         "samples_per_s": s.rm_batch / step,
         "final_loss": loss,
         "torch_threads": torch.get_num_threads(),
-        "zero_stage": 2,
+        "zero_stage": trainer.zero_stage,
     }
 
 

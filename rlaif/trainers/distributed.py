@@ -161,9 +161,43 @@ def create_engine(model: torch.nn.Module, ds_config: dict[str, Any]) -> Any:
     """
     import deepspeed
 
+    from rlaif.trainers.ds_config import CPU_ADAM_KEY
+
     params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    if CPU_ADAM_KEY not in ds_config:
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+        return engine
+    # One fp32 rank: ZeRO stage 0 with DeepSpeedCPUAdam given as the engine's optimizer (ds_config's docstring).
+    config = {k: v for k, v in ds_config.items() if k != CPU_ADAM_KEY}
+    adam = ds_config[CPU_ADAM_KEY]
+    optimizer = _clipping_cpu_adam(
+        params, adam["grad_clip"], adam["lr"], tuple(adam["betas"]), adam["eps"], adam["weight_decay"]
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer, config=config)
     return engine
+
+
+def _clipping_cpu_adam(
+    params: list[torch.nn.Parameter], max_norm: float, lr: float, betas: tuple[float, float], eps: float, wd: float
+) -> Any:
+    """DeepSpeedCPUAdam (AdamW mode) that first clips the global gradient norm to `max_norm` (0: no clipping)
+    and keeps the norm before clipping in ``_global_grad_norm``, where DeepSpeed's engine reads it
+    (`engine.get_global_grad_norm()`), as ZeRO's optimizer does."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    class ClippingCPUAdam(DeepSpeedCPUAdam):  # type: ignore[misc]
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+            if max_norm > 0:
+                torch.nn.utils.clip_grads_with_norm_(
+                    [p for group in self.param_groups for p in group["params"]], max_norm, norm
+                )
+            self._global_grad_norm = float(norm)
+            return super().step(closure)
+
+    return ClippingCPUAdam(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, adamw_mode=True)
 
 
 def zero_stage(engine: Any) -> int:

@@ -17,7 +17,7 @@ import torch
 from rlaif.actors.cluster import RoleGroupSpec, reserve
 from rlaif.actors.trainer_group import TrainerGroup, TrainerGroupError
 from rlaif.engines.base import Message
-from rlaif.trainers.ds_config import ADAM_BETAS, build_ds_config
+from rlaif.trainers.ds_config import ADAM_BETAS, CPU_ADAM_KEY, build_ds_config
 from rlaif.trainers.reward import RewardPair, RewardTrainer, render_conversation
 from rlaif.trainers.sft import SFTExample, SFTTrainer, collate, summed_token_nll, tokenize_sft_example
 
@@ -90,6 +90,38 @@ def test_ds_config_batch_arithmetic_and_validation() -> None:
         build_ds_config(0, 4, 2, 3, 1e-5, 0.1, 1.0, False, True, 5)
     with pytest.raises(ValueError, match="lr"):
         build_ds_config(2, 4, 2, 3, 0.0, 0.1, 1.0, False, True, 5)
+
+    # One fp32 rank has nothing to shard: ZeRO stage 0, with CPU Adam (and its clipping) built by rlaif.
+    single = build_ds_config(2, 4, 2, 1, 1e-5, 0.1, 0.5, False, True, 5)
+    assert single["zero_optimization"] == {"stage": 0} and "optimizer" not in single
+    adam = {"lr": 1e-5, "betas": list(ADAM_BETAS), "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 0.5}
+    assert single[CPU_ADAM_KEY] == adam
+    assert single["gradient_clipping"] == 0.0 and single["train_batch_size"] == 8
+    assert build_ds_config(3, 4, 2, 1, 1e-5, 0.1, 1.0, False, True, 5)["zero_optimization"]["stage"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_one_rank_runs_as_zero0_cpu_adam_like_plain_torch_and_resumes(tiny_model: Path, tmp_path: Path) -> None:
+    # Two micro-batches of 2 accumulated into one step of all 4 examples on a single rank.
+    config = build_ds_config(2, 2, 2, 1, LR, 0.0, 1.0, False, True, 0)
+    group = TrainerGroup(
+        SFTTrainer,
+        RoleGroupSpec("sft", num_workers=1, cpus_per_worker=1, gpus_per_worker=0),
+        {"model_path": str(tiny_model), "ds_config": config, "max_len": 256},
+    )
+    try:
+        history = [group.run("train_step", [(SFT_EXAMPLES,)])[0] for _ in range(2)]
+        # The norm before clipping and the clipped AdamW update are plain torch's.
+        grad_norm, second_loss = reference_first_step(tiny_model, SFT_EXAMPLES)
+        assert history[0]["grad_norm"] == pytest.approx(grad_norm, rel=1e-4)
+        assert history[1]["loss"] == pytest.approx(second_loss, rel=1e-4)
+        group.run_all("save_checkpoint", str(tmp_path / "ckpt"))
+        third = group.run("train_step", [(SFT_EXAMPLES,)])[0]["loss"]
+        assert group.run_all("load_checkpoint", str(tmp_path / "ckpt")) == [2]
+        assert group.run("train_step", [(SFT_EXAMPLES,)])[0]["loss"] == pytest.approx(third, rel=1e-5)
+    finally:
+        group.shutdown()
 
 
 @pytest.mark.slow
