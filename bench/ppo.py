@@ -47,13 +47,9 @@ def build_reward_model(policy: Path, dest: Path) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         model.score.weight.normal_(0.0, 0.02)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return dest
+    from rlaif.engines.tiny import save_model_folder
+
+    return save_model_folder(model, tokenizer, dest)
 
 
 def run_rlaif(s: Settings, policy: Path, rm: Path, work: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def build_tiny_llama(dest: Path, tokenizer_dir: Path, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Path:
@@ -38,6 +39,11 @@ def build_tiny_llama(dest: Path, tokenizer_dir: Path, seed: int = 0, hidden_size
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
+    return save_model_folder(model, tokenizer, dest)
+
+
+def save_model_folder(model: Any, tokenizer: Any, dest: Path) -> Path:
+    """Write a model (safetensors) and its tokenizer to `dest` atomically: a `.tmp` sibling, then a rename."""
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
