@@ -82,9 +82,11 @@ def run(s: Settings) -> dict[str, Any]:
     import ray
 
     from bench.weight_sync import measure
+    from rlaif.actors.cluster import WORKER_NICENESS_ENV
 
     engines = [1] if s.quick else [1, 2]
     rows = []
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as rlaif.actors.cluster.connect does
     ray.init(num_cpus=max(engines) + 1, include_dashboard=False, log_to_driver=False)
     try:
         for name in models:

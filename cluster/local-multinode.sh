@@ -27,6 +27,8 @@ CPUS=${RLAIF_MN_CPUS:-1}
 # Short: Ray's socket paths live under it and must stay under 107 characters.
 TMP=$(mktemp -d /tmp/rmn.XXXXXX)
 export RAY_AUTH_MODE=token
+# Workers at nice 0, not Ray's 15: the raylet's wake-ups otherwise stall their torch threads.
+export RAY_worker_niceness=0
 echo "local-multinode: ray temp dir $TMP"
 
 pids=()

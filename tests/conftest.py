@@ -32,6 +32,9 @@ def ray_cluster() -> Iterator[None]:
     """A real local Ray cluster for the whole session (2 CPUs, no dashboard)."""
     import ray
 
+    from rlaif.actors.cluster import WORKER_NICENESS_ENV
+
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as rlaif.actors.cluster.connect does
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
