@@ -367,6 +367,11 @@ class PPOConfig:
     kl_coef: float = 0.05
     # Per-token KL estimator: k1, k2 or k3.
     kl_estimator: str = "k1"
+    # Where the rollout-time (old) log-probs come from. learner: a policy forward pass on the
+    # learner; engine: the rollout engine's own sampling log-probs (one forward pass less per
+    # sample, as TRL's PPO reuses its generation logits); auto: engine when the learner and the
+    # engines both run float32, where the two agree to ~4e-5 nats, else learner (bf16 kernels differ).
+    old_logprobs: str = "auto"
     # Adapt β towards kl_target (Ziegler et al. 2019) instead of keeping it fixed.
     adaptive_kl: bool = False
     # Adaptive only: target KL per response, in nats.
@@ -418,6 +423,7 @@ class PPOConfig:
             )
         checks = {
             "kl_estimator": (self.kl_estimator, ("k1", "k2", "k3")),
+            "old_logprobs": (self.old_logprobs, ("auto", "learner", "engine")),
             "sync_backend": (self.sync_backend, ("auto", "gloo", "nccl")),
             "placement": (self.placement, ("disaggregated", "colocated")),
         }

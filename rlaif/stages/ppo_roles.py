@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import ray
+import torch
 
 from rlaif.actors.cluster import RoleGroupSpec
 from rlaif.actors.policy_sync import PolicySync
@@ -125,6 +126,13 @@ def sync_backend(run: RunConfig) -> str:
     return chosen
 
 
+def uses_engine_logprobs(run: RunConfig) -> bool:
+    """Whether the old log-probs are the rollout engines' sampling log-probs (`ppo.old_logprobs`)."""
+    if run.ppo.old_logprobs == "auto":
+        return not run.deepspeed.bf16 and run.engine.dtype == "float32"
+    return run.ppo.old_logprobs == "engine"
+
+
 def role_specs(run: RunConfig) -> tuple[RoleGroupSpec, RoleGroupSpec, RoleGroupSpec]:
     """Learner, rollout and reward-scorer resources from ``cluster.*``, checked against ``ppo.placement``."""
     c, strategy = run.cluster, run.cluster.placement_strategy
@@ -190,6 +198,8 @@ class PPORoles:
 
     def __init__(self, run: RunConfig, paths: ModelPaths) -> None:
         self.colocated = run.ppo.placement == "colocated"
+        # The engines return their sampling log-probs, which stand in for the learner's (`policy_outputs`).
+        self.engine_logprobs = uses_engine_logprobs(run)
         learner_spec, rollout_spec, scorer_spec = role_specs(run)
         backend = sync_backend(run)
         log.info(
@@ -219,10 +229,22 @@ class PPORoles:
                 role.shutdown()
             raise
 
-    def policy_outputs(self, rollout: RolloutBatch) -> PolicyOutputs:
-        """Log-probs, reference log-probs and values, each rank computing its contiguous shard."""
-        shards = split_batch(rollout, self.learner.world_size)
-        return concat_outputs(self.learner.run("logprobs_and_values", [(shard,) for shard in shards]))
+    def policy_outputs(self, rollout: RolloutBatch, engine_logprobs: torch.Tensor | None = None) -> PolicyOutputs:
+        """Log-probs, reference log-probs and values, each rank computing its contiguous shard.
+
+        With `engine_logprobs` (batch, response_len), the engines' sampling log-probs stand in
+        for the policy's and the learner skips that forward pass (`ppo.old_logprobs`).
+        """
+        world = self.learner.world_size
+        shards = split_batch(rollout, world)
+        args: list[tuple[Any, ...]]
+        if engine_logprobs is None:
+            args = [(shard,) for shard in shards]
+        else:
+            # tensor_split sizes its parts as split_batch does: the first n % world get one more row.
+            given = torch.tensor_split(engine_logprobs, world)
+            args = [(shard, lp) for shard, lp in zip(shards, given, strict=True)]
+        return concat_outputs(self.learner.run("logprobs_and_values", args))
 
     def train(self, experience: ExperienceBatch, cfg: PPOConfig) -> PPOTrainStats:
         """PPO epochs on every rank's shard of the experience; the stats are global (rank 0's copy)."""

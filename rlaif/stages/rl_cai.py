@@ -5,7 +5,8 @@ Every iteration is one pass of the algorithm (`ppo_iteration`):
 1. take a batch of training prompts (red-team, plus a share of helpfulness prompts);
 2. the rollout engines sample responses; each sample records its policy version;
 3. the reward scorers score them (the reward model, or a registered rule reward);
-4. the learner group computes policy and reference log-probs and values;
+4. the learner group computes reference log-probs, values and the policy's log-probs (or takes
+   the engines' sampling log-probs for those, `ppo.old_logprobs`: float32 runs by default);
 5. per-token KL-penalised rewards, GAE and advantage whitening (`rlaif.core.experience`);
 6. PPO epochs on the learner group;
 7. weight sync, learner rank 0 -> every rollout engine;
@@ -139,7 +140,8 @@ def ppo_iteration(
         rollout = collate_rollouts(
             [s.generation.prompt_token_ids for s in samples], [s.completion.token_ids for s in samples], 0
         )
-        outputs = roles.policy_outputs(rollout)
+        given = engine_logprobs(samples, rollout.response_ids.shape[1]) if roles.engine_logprobs else None
+        outputs = roles.policy_outputs(rollout, given)
         versions = torch.tensor([s.generation.policy_version for s in samples])
         kl_kind: KLKind = cfg.kl_estimator  # type: ignore[assignment]
         experience, seq_kl = make_experience(
@@ -210,13 +212,30 @@ def sample_responses(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfi
     """`samples_per_prompt` responses per prompt from the rollout engines, flattened in prompt order."""
     # No per-request seed: vLLM would give every prompt of the batch the same random stream, and the
     # samples of different prompts would move in lockstep. The engine's own seeded generator is used.
-    # The learner recomputes every log-prob (`logprobs_and_values`): the engine need not return them.
+    # The engines return their sampling log-probs only where they stand in for the learner's.
     params = SamplingParams(
-        n=cfg.samples_per_prompt, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, logprobs=False
+        n=cfg.samples_per_prompt,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        logprobs=roles.engine_logprobs,
     )
     chats = [[Message("user", r.prompt)] for r in records]
     generations: list[Generation] = roles.rollout.map_shards("generate", chats, params)
     return [Sample(r, g, c) for r, g in zip(records, generations, strict=True) for c in g.completions]
+
+
+def engine_logprobs(samples: list[Sample], width: int) -> torch.Tensor:
+    """(len(samples), width) the engines' log-probs of each response's tokens, 0 after its end."""
+    out = torch.zeros((len(samples), width), dtype=torch.float32)
+    for row, s in enumerate(samples):
+        lps = s.completion.logprobs
+        if len(lps) != len(s.completion.token_ids):
+            raise RuntimeError(
+                f"rl_cai: the engine returned {len(lps)} log-probs for {len(s.completion.token_ids)} tokens "
+                f"(prompt {s.record.id!r}); set ppo.old_logprobs=learner"
+            )
+        out[row, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+    return out
 
 
 def sample_rows(samples: list[Sample], scores: list[float], iteration: int, per_prompt: int) -> list[dict[str, Any]]:

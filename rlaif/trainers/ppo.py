@@ -130,19 +130,32 @@ class PPOTrainer:
     # --- rollout-time outputs -------------------------------------------------
 
     @torch.no_grad()
-    def logprobs_and_values(self, batch: RolloutBatch) -> PolicyOutputs:
+    def logprobs_and_values(self, batch: RolloutBatch, policy_logprobs: torch.Tensor | None = None) -> PolicyOutputs:
         """Policy and reference log-probs and critic values for this rank's shard; all ranks call together.
+
+        `policy_logprobs` (batch, response_len), when given, are the rollout engine's sampling
+        log-probs of the response tokens; they are returned as the policy's, and the policy's
+        forward pass is skipped.
 
         Returns (batch, response_len) tensors on CPU, 0 on padding.
         """
+        if policy_logprobs is not None and policy_logprobs.shape != batch.response_ids.shape:
+            raise ValueError(
+                f"policy_logprobs has shape {tuple(policy_logprobs.shape)}, the responses "
+                f"{tuple(batch.response_ids.shape)}"
+            )
         self.actor.eval()
         self.critic.eval()
         parts: list[PolicyOutputs] = []
         for chunk in D.lockstep_chunks(range(batch.prompt_ids.shape[0]), self.micro_batch_size):
             # A rank out of rows still runs a pass: ZeRO-3 gathers parameters collectively.
-            rows = index_batch(batch, torch.tensor(chunk or [0]))
+            index = torch.tensor(chunk or [0])
+            rows = index_batch(batch, index)
             mask = rows.response_mask.to(self.actor.device)
-            logprobs, _ = self._logprobs(self.actor, rows)
+            if policy_logprobs is None:
+                logprobs, _ = self._logprobs(self.actor, rows)
+            else:
+                logprobs = policy_logprobs[index].to(self.actor.device)
             ref_logprobs, _ = self._logprobs(self.reference, rows)
             values = self._values(rows)
             if chunk:

@@ -103,6 +103,14 @@ def _ppo_update(learner: TrainerGroup, rollout: ActorPool) -> None:
         want = torch.tensor(g.completions[0].logprobs)
         assert torch.allclose(outputs.logprobs[row, : len(want)], want, atol=2e-3)
         assert not outputs.logprobs[row, len(want) :].any()
+    # ppo.old_logprobs=engine: the engines' log-probs stand in for the policy's, the rest is unchanged.
+    given = torch.zeros_like(outputs.logprobs)
+    for row, g in enumerate(gens):
+        given[row, : len(g.completions[0].logprobs)] = torch.tensor(g.completions[0].logprobs)
+    shards = zip(split_batch(batch, learner.world_size), torch.tensor_split(given, learner.world_size), strict=True)
+    skipped = concat_outputs(learner.run("logprobs_and_values", list(shards)))
+    assert torch.equal(skipped.logprobs, given)
+    assert torch.equal(skipped.ref_logprobs, outputs.ref_logprobs) and torch.equal(skipped.values, outputs.values)
     scores = torch.linspace(-1.0, 1.0, len(gens))
     exp, _ = make_experience(batch, outputs, scores, torch.zeros(len(gens)), 0.0, "k1", 1.0, 0.95, True)
     stats = learner.run("train", [(s, 1, 4, 0.2, 0.2, 1.0, 0.0) for s in split_batch(exp, learner.world_size)])

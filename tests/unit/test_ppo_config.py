@@ -26,9 +26,28 @@ def test_default_pipeline_ends_with_rl_cai_and_evaluate() -> None:
 
 
 @pytest.mark.parametrize(
+    ("overrides", "engine"),
+    [
+        ([], True),  # float32 learner and engines: their log-probs agree to ~4e-5 nats
+        (["deepspeed.bf16=true"], False),
+        (["engine.dtype=bfloat16"], False),
+        (["ppo.old_logprobs=learner"], False),
+        (["ppo.old_logprobs=engine", "deepspeed.bf16=true"], True),
+    ],
+)
+def test_old_logprobs_come_from_the_engines_only_where_both_sides_run_float32(
+    overrides: list[str], engine: bool
+) -> None:
+    from rlaif.stages.ppo_roles import uses_engine_logprobs
+
+    assert uses_engine_logprobs(compose_run(overrides)) is engine
+
+
+@pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"kl_estimator": "k4"}, "ppo.kl_estimator"),
+        ({"old_logprobs": "rollout"}, "ppo.old_logprobs"),
         ({"placement": "shared"}, "ppo.placement"),
         ({"mini_batch_size": 6, "micro_batch_size": 4}, "ppo.mini_batch_size"),
         ({"prompts_per_iteration": 6}, "mini_batch_size"),
