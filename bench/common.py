@@ -33,8 +33,8 @@ class Settings:
     quick: bool = False
     repeats: int = 3
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
-    max_new_tokens: int = 64
-    judge_pairs: int = 32
+    max_new_tokens: int = 48
+    judge_pairs: int = 16
     rm_batch: int = 4
     rm_steps: int = 6
     rm_max_len: int = 256
