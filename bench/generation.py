@@ -165,14 +165,13 @@ def run_vllm_in_process(
 def run_rollout_actor(s: Settings, model_dir: Path, chats: list[Any]) -> dict[int, float]:
     import ray
 
-    from rlaif.actors.cluster import WORKER_NICENESS_ENV, RoleGroupSpec
+    from rlaif.actors.cluster import RoleGroupSpec, start_local
     from rlaif.actors.pool import ActorPool, engine_env
     from rlaif.actors.rollout import RolloutWorker
     from rlaif.engines.base import EngineSpec, SamplingParams
 
     cores = os.cpu_count() or 1
-    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as rlaif.actors.cluster.connect does
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    start_local(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
         # No prefix cache: repeats send the same prompts, and the in-process paths reset theirs per call.
         spec = EngineSpec(model_path=str(model_dir), max_model_len=512, kv_cache_gib=2, enable_prefix_caching=False)

@@ -82,12 +82,11 @@ def run(s: Settings) -> dict[str, Any]:
     import ray
 
     from bench.weight_sync import measure
-    from rlaif.actors.cluster import WORKER_NICENESS_ENV
+    from rlaif.actors.cluster import start_local
 
     engines = [1] if s.quick else [1, 2]
     rows = []
-    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as rlaif.actors.cluster.connect does
-    ray.init(num_cpus=max(engines) + 1, include_dashboard=False, log_to_driver=False)
+    start_local(num_cpus=max(engines) + 1, include_dashboard=False, log_to_driver=False)
     try:
         for name in models:
             for row in measure(paths[name], engines, [64], s.repeats):

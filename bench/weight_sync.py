@@ -19,7 +19,7 @@ import statistics
 
 import ray
 
-from rlaif.actors.cluster import WORKER_NICENESS_ENV, RoleGroupSpec
+from rlaif.actors.cluster import RoleGroupSpec, start_local
 from rlaif.actors.policy_sync import PolicySync
 from rlaif.actors.pool import ActorPool, engine_env
 from rlaif.actors.rollout import RolloutWorker
@@ -85,8 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     model = str(resolve_model(args.model))
-    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as rlaif.actors.cluster.connect does
-    ray.init(num_cpus=max(args.engines) + 1, include_dashboard=False, log_to_driver=False)
+    start_local(num_cpus=max(args.engines) + 1, include_dashboard=False, log_to_driver=False)
     try:
         results = measure(model, args.engines, args.bucket_mb, args.repeats)
     finally:

@@ -32,9 +32,8 @@ def ray_cluster() -> Iterator[None]:
     """A real local Ray cluster for the whole session (2 CPUs, no dashboard)."""
     import ray
 
-    from rlaif.actors.cluster import WORKER_NICENESS_ENV
+    from rlaif.actors.cluster import start_local
 
-    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as rlaif.actors.cluster.connect does
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
@@ -53,18 +54,25 @@ def connect(spec: ClusterSpec) -> None:
             ) from exc
         log.info("joined Ray cluster at %s", spec.address)
         return
-    # Ray starts workers at nice 15, below its own raylet, GCS and driver threads, which wake
-    # often; each wake-up preempts one of a worker's torch threads and stalls the rest at the
-    # next barrier. On 2 idle cores a 1024² matmul ran at 72-106 GFLOP/s in a nice-15 worker
-    # and 129-140 at nice 0; a PPO learner step took 30% longer. Our actors are the work.
-    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
-    ray.init(
+    start_local(
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
         include_dashboard=spec.include_dashboard,
         dashboard_host=spec.dashboard_host,
     )
     log.info("started a local Ray cluster: %s", ray.cluster_resources())
+
+
+def start_local(**init_kwargs: Any) -> None:
+    """``ray.init(**init_kwargs)`` for a new local cluster whose workers run at nice 0.
+
+    Ray starts workers at nice 15, below its own raylet, GCS and driver threads, which wake
+    often; each wake-up preempts one of a worker's torch threads and stalls the rest at the
+    next barrier. On 2 idle cores a 1024² matmul ran at 72-106 GFLOP/s in a nice-15 worker
+    and 129-140 at nice 0; a PPO learner step took 30% longer. Our actors are the work.
+    """
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+    ray.init(**init_kwargs)
 
 
 def probe_address(address: str, timeout_s: float = 5.0) -> None:

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from rlaif.actors.cluster import WORKER_NICENESS_ENV
+
 _SCRIPT = """
 import json, os, ray
 from rlaif.actors.cluster import ClusterSpec, connect
@@ -19,7 +21,7 @@ ray.shutdown()
 
 def test_local_cluster_runs_workers_at_normal_priority() -> None:
     # Ray's default is nice 15: a worker then loses its cores to Ray's own processes (cluster.py).
-    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
+    env = {k: v for k, v in os.environ.items() if k != WORKER_NICENESS_ENV}
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300, check=False
     )
