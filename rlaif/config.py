@@ -86,6 +86,9 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"
     # Placement-group strategy for each role's bundles: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD.
     placement_strategy: str = "PACK"
+    # Allocator of the DeepSpeed trainer ranks: jemalloc (the copy Ray ships, preloaded; it keeps
+    # freed activation memory instead of faulting it in again every step) or system (glibc).
+    trainer_malloc: str = "jemalloc"
     # Resources of each role's actors.
     rollout: RoleResources = field(default_factory=RoleResources)
     # SL-CAI critic actors (vLLM engines that answer, critique and revise).
@@ -104,6 +107,8 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
             raise ValueError(f"cluster.placement_strategy: unknown strategy {self.placement_strategy!r}")
+        if self.trainer_malloc not in ("jemalloc", "system"):
+            raise ValueError(f"cluster.trainer_malloc must be 'jemalloc' or 'system', got {self.trainer_malloc!r}")
 
 
 @dataclass

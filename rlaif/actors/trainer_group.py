@@ -42,9 +42,40 @@ class TrainerGroupError(RuntimeError):
     """A rank of a trainer group failed; the group has been shut down."""
 
 
-def trainer_env(cpus: float, torch_extensions_dir: str) -> dict[str, str]:
+# Trainer ranks allocate and free hundreds of MB of activations and gradients per step. glibc's
+# malloc hands blocks that large back to the kernel on free (mmap/munmap), so every step faults
+# its pages in again: 0.8 M page faults per PPO update of the embedded model. jemalloc keeps them
+# (0.16 M faults); on the 2-core machine the update ran 8% faster in a plain process and 15-20%
+# faster in RL-CAI's learner actor.
+# Ray ships a jemalloc build for its own daemons; the ranks preload that copy.
+MALLOCS = ("jemalloc", "system")
+JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def jemalloc_path() -> str | None:
+    """Ray's bundled ``libjemalloc.so``, or None where this Ray build has none."""
+    path = os.path.join(os.path.dirname(ray.__file__), "core", "libjemalloc.so")
+    return path if os.path.isfile(path) else None
+
+
+def malloc_env(malloc: str) -> dict[str, str]:
+    """Variables that make a new process use `malloc` ("jemalloc" or "system")."""
+    if malloc not in MALLOCS:
+        raise ValueError(f"cluster.trainer_malloc must be one of {MALLOCS}, got {malloc!r}")
+    if malloc == "system":
+        return {}
+    path = jemalloc_path()
+    if path is None:
+        log.warning("cluster.trainer_malloc=jemalloc, but this Ray build ships no libjemalloc.so; using glibc's")
+        return {}
+    preload = " ".join(p for p in (path, os.environ.get("LD_PRELOAD", "")) if p)
+    return {"LD_PRELOAD": preload, "MALLOC_CONF": JEMALLOC_CONF}
+
+
+def trainer_env(cpus: float, torch_extensions_dir: str, malloc: str = "jemalloc") -> dict[str, str]:
     """Environment variables for a trainer rank's Ray worker."""
     env = {
+        **malloc_env(malloc),
         # Ray sets OMP_NUM_THREADS to num_cpus only when unset; say it outright so torch's
         # intra-op pool matches the bundle and co-located ranks do not oversubscribe the cores.
         "OMP_NUM_THREADS": str(max(1, int(cpus))),
@@ -83,6 +114,7 @@ class TrainerGroup:
         trainer_args: Mapping[str, Any],
         torch_extensions_dir: str | None = None,
         ready_timeout_s: float = 900.0,
+        malloc: str = "jemalloc",
     ) -> None:
         """Start the ranks and wait until every constructor (model load, rendezvous) has finished.
 
@@ -93,6 +125,7 @@ class TrainerGroup:
             trainer_args: the trainer's other constructor arguments, the same for every rank.
             torch_extensions_dir: DeepSpeed's op cache; default `default_torch_extensions_dir()`.
             ready_timeout_s: how long the constructors may take (the first run compiles ops).
+            malloc: the ranks' allocator, "jemalloc" (Ray's copy, preloaded) or "system".
         """
         clash = sorted(set(_RANK_ARGS) & set(trainer_args))
         if clash:
@@ -107,7 +140,7 @@ class TrainerGroup:
             self.master_addr, self.master_port = ray.get(
                 _address_and_port.options(num_cpus=0.01, scheduling_strategy=in_bundle(self.placement, 0)).remote()
             )
-            env = trainer_env(spec.cpus_per_worker, torch_extensions_dir or default_torch_extensions_dir())
+            env = trainer_env(spec.cpus_per_worker, torch_extensions_dir or default_torch_extensions_dir(), malloc)
             remote_cls = ray.remote(num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker)(trainer_cls)
             for rank in range(self.world_size):
                 options = remote_cls.options(

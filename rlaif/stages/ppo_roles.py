@@ -211,7 +211,12 @@ class PPORoles:
         )
         started: list[TrainerGroup | ActorPool | Scorer] = []
         try:
-            self.learner = TrainerGroup(PPOTrainer, learner_spec, learner_args(run, paths, learner_spec.num_workers))
+            self.learner = TrainerGroup(
+                PPOTrainer,
+                learner_spec,
+                learner_args(run, paths, learner_spec.num_workers),
+                malloc=run.cluster.trainer_malloc,
+            )
             started.append(self.learner)
             spec = dataclasses.replace(engine_spec(run, str(paths.policy)), enable_sleep_mode=self.colocated)
             self.rollout = ActorPool(

@@ -139,7 +139,7 @@ def start_group(run: RunConfig, base: Path) -> TrainerGroup:
         "seed": run.seed,
         "max_len": cfg.max_len,
     }
-    return TrainerGroup(RewardTrainer, spec, args)
+    return TrainerGroup(RewardTrainer, spec, args, malloc=run.cluster.trainer_malloc)
 
 
 def resume(group: TrainerGroup, checkpoints: Path, work: StepLog) -> int:

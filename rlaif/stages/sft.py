@@ -84,7 +84,7 @@ def _start_group(run: RunConfig, model_path: Path) -> TrainerGroup:
         "max_len": cfg.max_len,
     }
     log.info("starting %d SFT rank(s), ZeRO-%d", r.num_workers, ds.zero_stage)
-    return TrainerGroup(SFTTrainer, spec, args)
+    return TrainerGroup(SFTTrainer, spec, args, malloc=run.cluster.trainer_malloc)
 
 
 def sft_stage(ctx: StageContext) -> None:

@@ -8,10 +8,12 @@ cached in TORCH_EXTENSIONS_DIR).
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 import torch
 
 from rlaif.actors.cluster import RoleGroupSpec, reserve
@@ -319,3 +321,36 @@ def test_a_failing_rank_fails_the_group_and_frees_its_resources(tmp_path: Path) 
         TrainerGroup(SFTTrainer, spec, {**args, "rank": 0})
     # The failed group's placement group is gone: both CPUs can be reserved again.
     ray.util.remove_placement_group(reserve(spec, timeout_s=60))
+
+
+# Ray workers cannot import test modules: ship this module's classes (MallocProbe) by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class MallocProbe:
+    """A stand-in trainer rank that reports the shared libraries its process has mapped."""
+
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        self.rank = rank
+
+    def mapped_libraries(self) -> str:
+        with open("/proc/self/maps") as f:
+            return f.read()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_trainer_ranks_run_on_the_configured_allocator() -> None:
+    from rlaif.actors.trainer_group import jemalloc_path
+
+    if jemalloc_path() is None:
+        pytest.skip("this Ray build ships no libjemalloc.so")
+    spec = RoleGroupSpec("probe", num_workers=1, cpus_per_worker=0.5, gpus_per_worker=0)
+    for malloc, expected in (("jemalloc", True), ("system", False)):
+        group = TrainerGroup(MallocProbe, spec, {}, malloc=malloc)
+        try:
+            (maps,) = group.run_all("mapped_libraries")
+        finally:
+            group.shutdown()
+        assert ("libjemalloc.so" in maps) is expected, malloc
+    with pytest.raises(ValueError, match="trainer_malloc"):
+        TrainerGroup(MallocProbe, spec, {}, malloc="tcmalloc")
