@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from rlaif.core.losses import bradley_terry_loss
+from rlaif.core.shared_prefix import right_pad, split_pairs
 from rlaif.engines.base import Message
 from rlaif.engines.models import resolve_model
 from rlaif.trainers import distributed as D
@@ -102,33 +103,61 @@ class RewardModel(torch.nn.Module):
                     param.zero_()
         return reward_model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards of right-padded sequences.
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_ids: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rewards of right-padded sequences, or of continuations of shared prefixes.
 
         Args:
             input_ids: (batch, seq_len).
             attention_mask: (batch, seq_len), 1 on real tokens, right padding.
+            prefix_ids, prefix_mask: optional (n, prefix_len), right-padded, with batch a
+                multiple k of n: row r of `input_ids` then continues prefix row r // k
+                (`rlaif.core.shared_prefix`). The prefixes run once, and their key/value
+                cache is repeated for the k continuations of each.
 
         Returns:
             (batch,) the head's output at each sequence's last real token.
         """
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        if prefix_ids is None or prefix_mask is None:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        else:
+            repeats = input_ids.shape[0] // prefix_ids.shape[0]
+            if repeats * prefix_ids.shape[0] != input_ids.shape[0]:
+                raise ValueError(f"{input_ids.shape[0]} continuations for {prefix_ids.shape[0]} prefixes")
+            cache = self.backbone(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True).past_key_values
+            cache.batch_repeat_interleave(repeats)
+            prefix_mask = prefix_mask.repeat_interleave(repeats, dim=0)
+            # Each continuation starts where its own prefix's real tokens end, padding in between.
+            start = prefix_mask.sum(dim=1, keepdim=True)
+            positions = start + torch.arange(input_ids.shape[1], device=input_ids.device)
+            hidden = self.backbone(
+                input_ids=input_ids,
+                attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        last_hidden = hidden.last_hidden_state
         last = attention_mask.sum(dim=1).clamp(min=1) - 1
-        pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        pooled = last_hidden[torch.arange(last_hidden.size(0), device=last_hidden.device), last]
         return self.head(pooled).squeeze(-1).float()
 
 
 def right_padded(tokenizer: Any, texts: Sequence[str], max_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(len(texts), longest) token ids and attention mask, right-padded; long texts keep their last
     `max_len` tokens, because the reward is read at the final token."""
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_len:] for t in texts]
-    length = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), length), dtype=torch.long)
-    for row, seq in enumerate(encoded):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+    return right_pad([encode_tail(tokenizer, t, max_len) for t in texts], pad_id)
+
+
+def encode_tail(tokenizer: Any, text: str, max_len: int) -> list[int]:
+    """`text`'s token ids, at most the last `max_len` of them."""
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"][-max_len:]
+    return ids
 
 
 class RewardTrainer:
@@ -154,6 +183,7 @@ class RewardTrainer:
         model_path = str(resolve_model(model_path))
         D.init_process_group(rank, world_size, master_addr, master_port, D.default_backend())
         self.rank, self.world_size, self.max_len = rank, world_size, max_len
+        self.gradient_checkpointing = gradient_checkpointing
         torch.manual_seed(seed)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_token_id = D.pad_token_id(self.tokenizer)
@@ -245,12 +275,26 @@ class RewardTrainer:
         return self.step
 
     def _pair_rewards(self, chunk: Sequence[RewardPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """r_a, r_b and p_a, each (len(chunk),); both responses go through one forward pass."""
-        texts = [self.render(pair.prompt_messages, pair.response_a) for pair in chunk]
-        texts += [self.render(pair.prompt_messages, pair.response_b) for pair in chunk]
-        rewards = self._rewards(texts)
+        """r_a, r_b and p_a, each (len(chunk),); both responses go through one forward pass.
+
+        The tokens the two conversations of a pair start with (system prompt, user turn,
+        assistant header) are encoded once and their cache shared by both responses
+        (`rlaif.core.shared_prefix`). Not under gradient checkpointing, which turns the cache off.
+        """
+        a = [encode_tail(self.tokenizer, self.render(p.prompt_messages, p.response_a), self.max_len) for p in chunk]
+        b = [encode_tail(self.tokenizer, self.render(p.prompt_messages, p.response_b), self.max_len) for p in chunk]
+        split = None if self.gradient_checkpointing else split_pairs(list(zip(a, b, strict=True)), self.pad_token_id)
+        device = self.engine.device
+        if split is None:
+            ids, mask = right_pad(a + b, self.pad_token_id)
+            rewards = self.engine(ids.to(device), mask.to(device))
+            r_a, r_b = rewards[: len(chunk)], rewards[len(chunk) :]
+        else:
+            tensors = (t.to(device) for t in (split.suffix_ids, split.suffix_mask, split.prefix_ids, split.prefix_mask))
+            rewards = self.engine(*tensors)
+            r_a, r_b = rewards[0::2], rewards[1::2]
         p = torch.tensor([pair.p_a for pair in chunk], dtype=rewards.dtype, device=rewards.device)
-        return rewards[: len(chunk)], rewards[len(chunk) :], p
+        return r_a, r_b, p
 
     def _rewards(self, texts: Sequence[str]) -> torch.Tensor:
         """(len(texts),) rewards; long texts keep their last `max_len` tokens (the reward is read at the end)."""
