@@ -5,12 +5,21 @@ outside torch.distributed's default group: the learner already has DeepSpeed's d
 group and an in-process vLLM engine has its own. Tensors travel in flat, single-dtype
 buckets (`rlaif.core.buckets`); both ends derive the same bucket plan from the same
 metadata, which the driver hands to the receivers once.
+
+On one node over gloo the bulk bytes skip the sockets: rank 0 writes each bucket into a
+shared-memory file (a memfd) that the engines map, and the broadcast carries only the
+bucket's place in it. Loopback TCP moved 538 MB in 1.2-1.5 s here; the copy into the
+memfd takes a tenth of that and the engines read it in place. The group takes this path
+when every member can open rank 0's memfd (same node, same user) and broadcasts the bytes
+otherwise; `SyncGroup.shared_memory` says which.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -21,6 +30,10 @@ from rlaif.core.buckets import TensorMeta, plan_buckets
 
 # How long a member waits for the others (rendezvous, each broadcast) before it raises instead of hanging.
 TIMEOUT_S = 600
+# Buckets start at multiples of this in the shared-memory file (any dtype's alignment; cache lines).
+_ALIGN = 64
+# The memfd grows in steps of this, so a first push does not remap it bucket by bucket.
+_GROW_BYTES = 64 << 20
 
 
 class SyncStats(NamedTuple):
@@ -40,7 +53,10 @@ class SyncGroup:
         world_size: int,
         backend: str = "gloo",
         timeout_s: int = TIMEOUT_S,
+        shared_memory: bool = True,
     ) -> None:
+        """Join the group; blocks until all members have. `shared_memory` (read on rank 0) allows
+        the same-node shared-memory path; False always broadcasts the bytes."""
         timeout = datetime.timedelta(seconds=timeout_s)
         self.store = dist.TCPStore(master_addr, master_port, world_size, rank == 0, timeout=timeout)
         self.rank, self.world_size = rank, world_size
@@ -51,9 +67,103 @@ class SyncGroup:
             self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size)
         else:
             raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
+        self.area: SharedArea | None = None
+        if backend == "gloo" and world_size > 1:
+            self.area = _agree_on_shared_area(self.store, rank, world_size, shared_memory)
+        self._cursor = _ALIGN
+
+    @property
+    def shared_memory(self) -> bool:
+        """Whether buckets travel through rank 0's shared-memory file rather than the sockets."""
+        return self.area is not None
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
         self.pg.broadcast(tensor, src).wait()
+
+    def send_bucket(self, tensors: Sequence[torch.Tensor], nbytes: int, first: bool) -> None:
+        """Rank 0: one bucket's tensors, `nbytes` in all, to every member."""
+        if self.area is None:
+            self.broadcast(torch.cat([t.detach().reshape(-1).to(self.device) for t in tensors]))
+            return
+        if first:
+            self._cursor = _ALIGN
+        offset = self._cursor
+        region = self.area.map(offset + nbytes)[offset : offset + nbytes]
+        at = 0
+        for t in tensors:
+            n = t.numel() * t.element_size()
+            region[at : at + n].view(t.dtype).copy_(t.detach().reshape(-1))
+            at += n
+        self._cursor = -(-(offset + nbytes) // _ALIGN) * _ALIGN
+        # The broadcast orders the reads after the writes: members wait on it before they look.
+        self.broadcast(torch.tensor([offset, nbytes], dtype=torch.int64))
+
+    def receive_bucket(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """Other ranks: the next bucket as one flat tensor (a view of the shared file where there is one)."""
+        if self.area is None:
+            flat = torch.empty(numel, dtype=dtype, device=self.device)
+            self.broadcast(flat)
+            return flat
+        place = torch.empty(2, dtype=torch.int64)
+        self.broadcast(place)
+        offset, nbytes = place.tolist()
+        expected = numel * dtype.itemsize
+        if nbytes != expected:
+            raise RuntimeError(f"weight sync: rank 0 sent a bucket of {nbytes} bytes, this member expects {expected}")
+        return self.area.map(offset + nbytes)[offset : offset + nbytes].view(dtype)
+
+
+class SharedArea:
+    """Rank 0's memfd, mapped by every member through ``/proc/<pid>/fd/<fd>``.
+
+    The file lives as long as rank 0 keeps it open or anyone keeps it mapped: nothing is
+    left in /dev/shm when a process dies.
+    """
+
+    def __init__(self, path: str, fd: int | None) -> None:
+        self.path, self.fd = path, fd  # fd: rank 0 only, which sizes the file
+        self._mapped: torch.Tensor | None = None
+
+    def map(self, size: int) -> torch.Tensor:
+        """The first `size` (or more) bytes of the file, as a uint8 tensor sharing its pages."""
+        if self._mapped is None or self._mapped.numel() < size:
+            if self.fd is not None:
+                size = -(-size // _GROW_BYTES) * _GROW_BYTES
+                os.ftruncate(self.fd, size)
+            else:
+                size = os.stat(self.path).st_size
+            # Views of an earlier, smaller mapping stay valid: they share the same pages.
+            self._mapped = torch.from_file(self.path, shared=True, size=size, dtype=torch.uint8)
+        return self._mapped
+
+    def __del__(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def _agree_on_shared_area(store: dist.Store, rank: int, world_size: int, wanted: bool) -> SharedArea | None:
+    """Rank 0 offers a memfd; the group uses it only if every member can open it."""
+    if rank == 0:
+        fd = os.memfd_create("rlaif-weight-sync") if wanted and hasattr(os, "memfd_create") else None
+        token = uuid.uuid4().hex.encode()
+        path = f"/proc/{os.getpid()}/fd/{fd}" if fd is not None else ""
+        if fd is not None:
+            os.write(fd, token)
+        store.set("shm/path", path)
+        store.set("shm/token", token)
+        usable = fd is not None and all(store.get(f"shm/ok/{r}") == b"1" for r in range(1, world_size))
+        store.set("shm/use", b"1" if usable else b"0")
+        if fd is not None and not usable:
+            os.close(fd)
+        return SharedArea(path, fd) if usable else None
+    path, token = store.get("shm/path").decode(), store.get("shm/token")
+    try:
+        with open(path, "rb") as f:  # another node has no such file, or another process under that pid
+            ok = f.read(len(token)) == token
+    except OSError:
+        ok = False
+    store.set(f"shm/ok/{rank}", b"1" if ok else b"0")
+    return SharedArea(path, None) if store.get("shm/use") == b"1" else None
 
 
 def tensor_metas(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
@@ -61,15 +171,23 @@ def tensor_metas(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[Tens
 
 
 def send_state(
-    group: SyncGroup, tensors: Sequence[torch.Tensor], metas: Sequence[TensorMeta], bucket_bytes: int
+    group: SyncGroup,
+    tensors: Sequence[torch.Tensor],
+    metas: Sequence[TensorMeta],
+    bucket_bytes: int,
+    first: bool = True,
 ) -> SyncStats:
-    """Rank 0: broadcast `tensors` (in `metas` order) bucket by bucket."""
+    """Rank 0: send `tensors` (in `metas` order) bucket by bucket.
+
+    `first` starts a new transfer; False continues the current one (the learner calls this
+    once per gathered bucket, and the engines read the whole transfer before they load it).
+    """
     start, sent = time.perf_counter(), 0
     plan = plan_buckets(metas, bucket_bytes)
-    for bucket in plan:
-        flat = torch.cat([tensors[i].detach().reshape(-1).to(group.device) for i in bucket])
-        group.broadcast(flat)
-        sent += flat.numel() * flat.element_size()
+    for k, bucket in enumerate(plan):
+        nbytes = sum(metas[i].nbytes for i in bucket)
+        group.send_bucket([tensors[i] for i in bucket], nbytes, first and k == 0)
+        sent += nbytes
     return SyncStats(sent, time.perf_counter() - start, len(plan))
 
 
@@ -82,8 +200,7 @@ def receive_state(
     out: list[tuple[str, torch.Tensor]] = []
     for bucket in plan:
         dtype = getattr(torch, metas[bucket[0]].dtype)
-        flat = torch.empty(sum(metas[i].numel for i in bucket), dtype=dtype, device=group.device)
-        group.broadcast(flat)
+        flat = group.receive_bucket(sum(metas[i].numel for i in bucket), dtype)
         received += flat.numel() * flat.element_size()
         offset = 0
         for i in bucket:

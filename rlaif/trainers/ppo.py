@@ -287,12 +287,12 @@ class PPOTrainer:
             raise RuntimeError("send_weights called before join_sync_group")
         metas = self.tensor_metas()
         started, sent, buckets = time.perf_counter(), 0, 0
-        for bucket in plan_buckets(metas, bucket_bytes):
+        for k, bucket in enumerate(plan_buckets(metas, bucket_bytes)):
             params = [self._sync_params[i][1] for i in bucket]
             with self._gathered(params):
                 if self.sync_group is not None:
                     tensors, bucket_metas = [p.data for p in params], [metas[i] for i in bucket]
-                    stats = send_state(self.sync_group, tensors, bucket_metas, bucket_bytes)
+                    stats = send_state(self.sync_group, tensors, bucket_metas, bucket_bytes, first=k == 0)
                     sent, buckets = sent + stats.bytes, buckets + stats.buckets
         return SyncStats(sent, time.perf_counter() - started if self.rank == 0 else 0.0, buckets)
 

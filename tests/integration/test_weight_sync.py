@@ -61,6 +61,10 @@ class Sender:
         greedy = self.engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=10))
         return [g.completions[0].token_ids for g in greedy], [s.logprobs for s in self.engine.score_options(OPTIONS)]
 
+    def shared_memory(self) -> bool:
+        assert self.group is not None
+        return self.group.shared_memory
+
 
 class SyncedRollout(RolloutWorker):
     def outputs(self) -> tuple[list, list]:
@@ -80,6 +84,8 @@ def test_broadcast_sync_makes_rollout_engines_match_the_learner(tiny_model: Path
         joins = [sender.join.remote(addr, port, world)]
         joins += [a.join_sync_group.remote(addr, port, i + 1, world, "gloo") for i, a in enumerate(pool.actors)]
         ray.get(joins)
+        # All members on one node: the bytes go through the learner's shared-memory file.
+        assert ray.get(sender.shared_memory.remote())
         metas = ray.get(sender.metas.remote())
         before = pool.call_all("outputs")
         for version in (1, 2):
