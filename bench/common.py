@@ -36,9 +36,9 @@ class Settings:
     max_new_tokens: int = 48
     judge_pairs: int = 16
     rm_batch: int = 4
-    rm_steps: int = 6
+    rm_steps: int = 8
     rm_max_len: int = 256
-    ppo_iterations: int = 3
+    ppo_iterations: int = 5
     ppo_batch: int = 8
     ppo_new_tokens: int = 48
 

@@ -1,13 +1,15 @@
 """Reward-model training: rlaif's `RewardTrainer` against TRL's `RewardTrainer`, pairs/s.
 
 Same model (the policy's base with a fresh scalar head), same pairs (red-team prompts with
-two stand-in responses of 40-120 tokens, written once to a JSONL that both sides read),
+two stand-in responses of 18-46 tokens after a 38-52-token shared prefix, written once to a JSONL
+that both sides read),
 chat template, max length, batch size (pairs per step), number of steps, fp32, AdamW-family
 optimizer, lr 1e-5, no gradient checkpointing, and one process each:
 
 - ``rlaif``: one DeepSpeed rank in this process (the reward_model stage's default config, ZeRO-2
   with CPU Adam, which on a single fp32 rank runs as ZeRO stage 0 with the same CPU Adam; gloo);
-  soft-label Bradley-Terry loss, both responses in one forward pass;
+  soft-label Bradley-Terry loss; each pair's shared prefix (system prompt, user turn) encoded
+  once and its key/value cache shared by both responses (`rlaif.core.shared_prefix`);
 - ``trl``: `trl.RewardTrainer` (trl 1.12.0) in bench/.venv-trl, its own process.
 
 Reported: median seconds per optimizer step (the first step, with its warm-up, included in the
