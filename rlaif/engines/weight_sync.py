@@ -80,11 +80,12 @@ class SyncGroup:
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
         self.pg.broadcast(tensor, src).wait()
 
-    def send_bucket(self, tensors: Sequence[torch.Tensor], nbytes: int, first: bool) -> None:
-        """Rank 0: one bucket's tensors, `nbytes` in all, to every member."""
+    def send_bucket(self, tensors: Sequence[torch.Tensor], first: bool) -> int:
+        """Rank 0: one bucket's tensors to every member; returns the bytes sent."""
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
         if self.area is None:
             self.broadcast(torch.cat([t.detach().reshape(-1).to(self.device) for t in tensors]))
-            return
+            return nbytes
         if first:
             self._cursor = _ALIGN
         offset = self._cursor
@@ -94,9 +95,10 @@ class SyncGroup:
             n = t.numel() * t.element_size()
             region[at : at + n].view(t.dtype).copy_(t.detach().reshape(-1))
             at += n
-        self._cursor = -(-(offset + nbytes) // _ALIGN) * _ALIGN
+        self._cursor = _round_up(offset + nbytes, _ALIGN)
         # The broadcast orders the reads after the writes: members wait on it before they look.
         self.broadcast(torch.tensor([offset, nbytes], dtype=torch.int64))
+        return nbytes
 
     def receive_bucket(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """Other ranks: the next bucket as one flat tensor (a view of the shared file where there is one)."""
@@ -128,7 +130,7 @@ class SharedArea:
         """The first `size` (or more) bytes of the file, as a uint8 tensor sharing its pages."""
         if self._mapped is None or self._mapped.numel() < size:
             if self.fd is not None:
-                size = -(-size // _GROW_BYTES) * _GROW_BYTES
+                size = _round_up(size, _GROW_BYTES)
                 os.ftruncate(self.fd, size)
             else:
                 size = os.stat(self.path).st_size
@@ -139,6 +141,10 @@ class SharedArea:
     def __del__(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
 def _agree_on_shared_area(store: dist.Store, rank: int, world_size: int, wanted: bool) -> SharedArea | None:
@@ -185,9 +191,7 @@ def send_state(
     start, sent = time.perf_counter(), 0
     plan = plan_buckets(metas, bucket_bytes)
     for k, bucket in enumerate(plan):
-        nbytes = sum(metas[i].nbytes for i in bucket)
-        group.send_bucket([tensors[i] for i in bucket], nbytes, first and k == 0)
-        sent += nbytes
+        sent += group.send_bucket([tensors[i] for i in bucket], first and k == 0)
     return SyncStats(sent, time.perf_counter() - start, len(plan))
 
 
