@@ -86,9 +86,10 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"
     # Placement-group strategy for each role's bundles: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD.
     placement_strategy: str = "PACK"
-    # Allocator of the DeepSpeed trainer ranks: jemalloc (the copy Ray ships, preloaded; it keeps
-    # freed activation memory instead of faulting it in again every step) or system (glibc).
-    trainer_malloc: str = "jemalloc"
+    # How the DeepSpeed trainer ranks' and reward scorers' malloc treats freed memory: retain
+    # (keep it, so steps stop faulting pages in again; memory stays at its peak) or system
+    # (glibc's defaults, which give large blocks back to the kernel).
+    trainer_malloc: str = "retain"
     # Resources of each role's actors.
     rollout: RoleResources = field(default_factory=RoleResources)
     # SL-CAI critic actors (vLLM engines that answer, critique and revise).
@@ -107,8 +108,8 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
             raise ValueError(f"cluster.placement_strategy: unknown strategy {self.placement_strategy!r}")
-        if self.trainer_malloc not in ("jemalloc", "system"):
-            raise ValueError(f"cluster.trainer_malloc must be 'jemalloc' or 'system', got {self.trainer_malloc!r}")
+        if self.trainer_malloc not in ("retain", "system"):
+            raise ValueError(f"cluster.trainer_malloc must be 'retain' or 'system', got {self.trainer_malloc!r}")
 
 
 @dataclass

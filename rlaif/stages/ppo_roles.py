@@ -32,7 +32,7 @@ from rlaif.actors.policy_sync import PolicySync
 from rlaif.actors.pool import ActorPool, engine_env, split_evenly
 from rlaif.actors.reward_scorer import RewardScorer
 from rlaif.actors.rollout import RolloutWorker
-from rlaif.actors.trainer_group import TrainerGroup
+from rlaif.actors.trainer_group import TrainerGroup, malloc_env
 from rlaif.config import PPOConfig, RoleResources, RunConfig, engine_spec
 from rlaif.core.experience import ExperienceBatch, PolicyOutputs, RolloutBatch, concat_outputs, split_batch
 from rlaif.core.io import read_manifest
@@ -291,8 +291,9 @@ def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec) -> Scor
         run.ppo.micro_batch_size,
         run.reward_model.max_len,
     )
-    return RewardModelScorer(
-        ActorPool(
-            RewardScorer, spec, args, engine_env(spec.cpus_per_worker, run.cluster.reward_scorer.threads_per_worker)
-        )
-    )
+    env = {
+        **engine_env(spec.cpus_per_worker, run.cluster.reward_scorer.threads_per_worker),
+        # Scoring is torch forward passes, as on the learner: keep their freed activations too.
+        **malloc_env(run.cluster.trainer_malloc),
+    }
+    return RewardModelScorer(ActorPool(RewardScorer, spec, args, env))
