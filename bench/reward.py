@@ -9,7 +9,8 @@ optimizer, lr 1e-5, no gradient checkpointing, and one process each:
 - ``rlaif``: one DeepSpeed rank in this process (the reward_model stage's default config, ZeRO-2
   with CPU Adam, which on a single fp32 rank runs as ZeRO stage 0 with the same CPU Adam; gloo);
   soft-label Bradley-Terry loss; each pair's shared prefix (system prompt, user turn) encoded
-  once and its key/value cache shared by both responses (`rlaif.core.shared_prefix`);
+  once and its key/value cache shared by both responses (`rlaif.core.shared_prefix`); glibc
+  set, through ``mallopt``, as the stage's ranks are by ``cluster.trainer_malloc=retain``;
 - ``trl``: `trl.RewardTrainer` (trl 1.12.0) in bench/.venv-trl, its own process.
 
 Reported: median seconds per optimizer step (the first step, with its warm-up, included in the
@@ -51,6 +52,7 @@ def run_rlaif(s: Settings, model: str, data: Path) -> dict[str, Any]:
         RewardPair(f"p{i}", (Message("user", r["prompt"]),), r["chosen"], r["rejected"], 1.0)
         for i, r in enumerate(rows)
     ]
+    retain_freed_memory()
     config = build_ds_config(2, s.rm_batch, 1, 1, 1e-5, 0.0, 1.0, False, True, 0)
     trainer = RewardTrainer(model, config, 0, 1, "127.0.0.1", find_free_port(), max_len=s.rm_max_len)
     steps, loss = [], None
@@ -72,6 +74,18 @@ def run_rlaif(s: Settings, model: str, data: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "zero_stage": trainer.zero_stage,
     }
+
+
+def retain_freed_memory() -> None:
+    """In this process, what ``cluster.trainer_malloc=retain`` sets for a trainer rank at its start
+    (`rlaif.actors.trainer_group.RETAIN_ENV`): no mmap'd blocks, no heap trimming, a 512 MiB top pad."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 512 << 20)):
+        if libc.mallopt(option, value) != 1:
+            raise RuntimeError(f"mallopt({option}, {value}) failed")
 
 
 def run_trl(mode: str, cfg: dict[str, Any], out: Path, timeout: int = 1500) -> dict[str, Any]:
@@ -109,7 +123,7 @@ def run(s: Settings) -> dict[str, Any]:
     write_pairs(data, s.rm_batch * s.rm_steps)
     result: dict[str, Any] = {
         "setup": f"model {s.model}, {s.rm_steps} steps of {s.rm_batch} pairs, max length {s.rm_max_len} tokens, "
-        "fp32, one process per side",
+        "fp32, one process per side (rlaif's with the stage's allocator settings, cluster.trainer_malloc=retain)",
         "rlaif": run_rlaif(s, model, data),
     }
     log("reward: TRL RewardTrainer")
