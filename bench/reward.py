@@ -77,15 +77,19 @@ def run_rlaif(s: Settings, model: str, data: Path) -> dict[str, Any]:
 
 
 def retain_freed_memory() -> None:
-    """In this process, what ``cluster.trainer_malloc=retain`` sets for a trainer rank at its start
-    (`rlaif.actors.trainer_group.RETAIN_ENV`): no mmap'd blocks, no heap trimming, a 512 MiB top pad."""
+    """Apply, in this running process, the glibc settings that ``cluster.trainer_malloc=retain`` gives a
+    trainer rank at its start (`rlaif.actors.trainer_group.RETAIN_ENV`), through ``mallopt``."""
     import ctypes
 
+    from rlaif.actors.trainer_group import RETAIN_ENV
+
     libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 512 << 20)):
+    # mallopt's option numbers (malloc.h); it takes a C int, so the trim threshold is capped there.
+    options = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_TOP_PAD_": -2, "MALLOC_MMAP_MAX_": -4, "MALLOC_ARENA_MAX": -8}
+    for name, option in options.items():
+        value = min(int(RETAIN_ENV[name]), 2**31 - 1)
         if libc.mallopt(option, value) != 1:
-            raise RuntimeError(f"mallopt({option}, {value}) failed")
+            raise RuntimeError(f"mallopt({name}={value}) failed")
 
 
 def run_trl(mode: str, cfg: dict[str, Any], out: Path, timeout: int = 1500) -> dict[str, Any]:

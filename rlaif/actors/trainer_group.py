@@ -48,10 +48,10 @@ class TrainerGroupError(RuntimeError):
 # 0.4-0.7 M page faults per PPO update of the embedded model, each page zeroed by the kernel.
 # "retain" keeps everything in glibc's heap (no mmap'd blocks, no trimming), so once the heap
 # has grown to its peak (two updates) the learner faults no new pages, and its memory stays at
-# that peak (6.8 GB for the embedded model's learner). Measured on the 2-core machine beside an idle vLLM engine, as in
-# RL-CAI: 11.9-12.5 s per update against 14.1-15.9 s with Ray's jemalloc (which this replaced:
-# with decay off its memory grew 0.6 GB per update without bound, with decay on it faulted 1.1 M
-# pages per update).
+# that peak (6.8 GB for the embedded model's learner). Measured on the 2-core machine beside an
+# idle vLLM engine, as in RL-CAI: 11.9-12.5 s per update against 14.1-15.9 s with Ray's jemalloc
+# (which this replaced: with decay off its memory grew 0.6 GB per update without bound, with
+# decay on it faulted 1.1 M pages per update).
 MALLOCS = ("retain", "system")
 RETAIN_ENV = {
     "MALLOC_MMAP_MAX_": "0",
