@@ -83,4 +83,9 @@ class WandbSink:
         self.run.log_artifact(art)
 
     def close(self) -> None:
+        # In offline mode finish() returns once W&B's service has taken the exit record,
+        # before its writer has flushed the run file; teardown waits for the service to
+        # stop, so the file is whole when close() returns (a sweep's next job, `wandb sync`
+        # and our tests read it). The next wandb.init starts a new service.
         self.run.finish()
+        self.wandb.teardown()
