@@ -133,6 +133,8 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
         "rlaif engine % of ceiling",
     ]
     rows = []
+    # Older results files have no paired ratio: then the ratio of the medians.
+    paired = {b: f"{x:.2f}×" for b, x in (r.get("vllm") or {}).get("rlaif_engine_over_bare_paired", {}).items()}
     for bs in r["batch_sizes"]:
         k = str(bs)
         v = {p: rates[p].get(k) for p in paths}
@@ -142,7 +144,7 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
             [
                 bs,
                 *[v[p] for p in paths],
-                _ratio(v.get("rlaif_engine"), v.get("vllm_bare")),
+                paired.get(k) or _ratio(v.get("rlaif_engine"), v.get("vllm_bare")),
                 _ratio(v.get("rlaif_rollout_actor"), v.get("vllm_bare")),
                 _ratio(best, v.get("transformers")),
                 ceil,
