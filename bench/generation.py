@@ -11,7 +11,9 @@ per prompt (end-of-sequence ignored), so tokens/s compare like for like:
   tokenising and result conversion included) - on the SAME `LLM` object as ``vllm_bare``,
   the two interleaved batch by batch, so load on a shared machine hits both alike;
 - ``rlaif_rollout_actor``: the same call through a Ray `RolloutWorker` actor (`ActorPool`,
-  ``engine_env``), as the rl_cai stage samples, with the actor given every core.
+  ``engine_env``), as the rl_cai stage samples, with the actor given every core; on CPU at
+  the full size, where the actor and its Ray cluster are up for the whole in-process
+  measurement and its calls are interleaved with the others too.
 
 Every timed call starts with a cold prefix cache (the in-process paths reset it before each
 call; the actor's engine has it off), so no path gets another's prefill for free.
@@ -19,13 +21,15 @@ call; the actor's engine has it off), so no path gets another's prefill for free
 Reported per batch size: median tokens/s over repeats (three times as many for batches of 1
 and 8, whose calls are short), ratios, and the fraction of the roofline ceiling
 (`bench.roofline.decode_ceiling`) reached. The engine / bare vLLM ratio is the median of the
-per-repeat ratios of the two interleaved calls, which cancels the machine's drift between
-repeats; the other ratios divide medians.
+per-repeat ratios of the interleaved calls, which cancels the machine's drift between
+repeats, and so is the actor / bare vLLM ratio; the others divide medians.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -102,8 +106,9 @@ def run_transformers(s: Settings, model_dir: Path, ids: list[list[int]]) -> dict
 
 
 def run_vllm_in_process(
-    s: Settings, model_dir: Path, chats: list[Any], ids: list[list[int]]
-) -> tuple[dict[int, float], dict[int, float], dict[str, Any]]:
+    s: Settings, model_dir: Path, chats: list[Any], ids: list[list[int]], pool: Any = None
+) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
+    """Medians of tokens/s per path ("ours", "bare", "bare1", and "actor" when `pool` is given)."""
     from vllm import SamplingParams as VSamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -124,7 +129,9 @@ def run_vllm_in_process(
     import torch
 
     threads = torch.get_num_threads()
-    series: dict[str, dict[int, list[float]]] = {k: {b: [] for b in s.batch_sizes} for k in ("ours", "bare", "bare1")}
+    series: dict[str, dict[int, list[float]]] = {
+        k: {b: [] for b in s.batch_sizes} for k in ("ours", "bare", "bare1", "actor")
+    }
     # bare1: bare vLLM on ONE torch thread, what vLLM falls back to in-process when OMP_NUM_THREADS is unset
     # (and what a Ray actor on < 2 CPUs got); it tells whether the extra threads pay on this machine.
     # vLLM replaces torch.set_num_threads with a no-op after binding; torch._C's setter still works.
@@ -135,15 +142,16 @@ def run_vllm_in_process(
     reps = {b: s.repeats * (3 if b <= 8 and not s.quick else 1) for b in s.batch_sizes}
     for rep in range(max(reps.values())):
         # bare1 is context, not a comparison: measured in the first repeat only, to save time.
-        kinds = ["ours", "bare"] + (["bare1"] if with_bare1 and rep == 0 else [])
+        kinds = ["ours", "bare"] + (["actor"] if pool else []) + (["bare1"] if with_bare1 and rep == 0 else [])
         for b in [b for b in s.batch_sizes if rep < reps[b]]:
             order = kinds if rep % 2 == 0 else kinds[::-1]  # alternate who goes first
             for who in order:
                 # Every call starts from an empty prefix cache: else whoever runs second gets the
                 # same prompts' prefill for free (about a quarter of the work at batch 64).
                 engine.llm.reset_prefix_cache()
-                if who == "ours":
-                    sec, gens = timed(lambda b=b: engine.generate(chats[:b], ours_params))
+                if who in ("ours", "actor"):
+                    call = partial(pool.map_shards, "generate") if who == "actor" else engine.generate
+                    sec, gens = timed(lambda b=b, call=call: call(chats[:b], ours_params))
                     n = sum(len(c.token_ids) for g in gens for c in g.completions)
                 else:
                     prompts = [TokensPrompt(prompt_token_ids=x) for x in ids[:b]]
@@ -163,17 +171,18 @@ def run_vllm_in_process(
             k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE")
         },
     }
-    if with_bare1:
-        meta["vllm_bare_1thread"] = {b: median(v) for b, v in series["bare1"].items()}
-    ours, bare = series["ours"], series["bare"]
-    # Each repeat's two calls ran back to back, so their ratio cancels the drift between repeats.
-    meta["rlaif_engine_over_bare_paired"] = {
-        b: median([o / x for o, x in zip(ours[b], bare[b], strict=True)]) for b in ours
-    }
-    return {b: median(v) for b, v in ours.items()}, {b: median(v) for b, v in bare.items()}, meta
+    bare = series["bare"]
+    # Each repeat's calls ran back to back, so their ratios cancel the drift between repeats.
+    for who, key in (("ours", "rlaif_engine_over_bare_paired"), ("actor", "rlaif_actor_over_bare_paired")):
+        if series[who][s.batch_sizes[0]]:
+            meta[key] = {b: median([o / x for o, x in zip(v, bare[b], strict=True)]) for b, v in series[who].items()}
+    kept = [k for k in series if series[k][s.batch_sizes[0]]]
+    return {k: {b: median(v) for b, v in series[k].items()} for k in kept}, meta
 
 
-def run_rollout_actor(s: Settings, model_dir: Path, chats: list[Any]) -> dict[int, float]:
+@contextlib.contextmanager
+def rollout_pool(model_dir: Path, chats: list[Any]) -> Iterator[Any]:
+    """One Ray `RolloutWorker` actor given every core, as the rl_cai stage samples (`engine_env`)."""
     import ray
 
     from rlaif.actors.cluster import RoleGroupSpec, start_local
@@ -187,18 +196,11 @@ def run_rollout_actor(s: Settings, model_dir: Path, chats: list[Any]) -> dict[in
         # No prefix cache: repeats send the same prompts, and the in-process paths reset theirs per call.
         spec = EngineSpec(model_path=str(model_dir), max_model_len=512, kv_cache_gib=2, enable_prefix_caching=False)
         pool = ActorPool(RolloutWorker, RoleGroupSpec("rollout", 1, cores, 0), (spec,), engine_env(cores))
-        params = SamplingParams(temperature=1.0, max_new_tokens=s.max_new_tokens, ignore_eos=True)
-        pool.map_shards("generate", chats[:2], SamplingParams(max_new_tokens=2))
-        rates: dict[int, list[float]] = {b: [] for b in s.batch_sizes}
-        for _ in range(s.repeats):
-            for b in s.batch_sizes:
-                sec, gens = timed(lambda b=b: pool.map_shards("generate", chats[:b], params))
-                rates[b].append(sum(len(c.token_ids) for g in gens for c in g.completions) / sec)
-                log(f"generation rollout actor b={b}: {rates[b][-1]:.1f} tok/s")
+        pool.map_shards("generate", chats[:2], SamplingParams(max_new_tokens=2))  # warm-up
+        yield pool
         pool.shutdown()
     finally:
         ray.shutdown()
-    return {b: median(v) for b, v in rates.items()}
 
 
 def model_size(model_dir: Path) -> tuple[int, int]:
@@ -248,15 +250,20 @@ def run(s: Settings) -> dict[str, Any]:
             "rlaif_rollout_actor": vllm_missing,
         }
     else:
-        ours, bare, meta = run_vllm_in_process(s, model_dir, chats or [], ids)
-        rates["rlaif_engine"], rates["vllm_bare"] = ours, bare
-        if "vllm_bare_1thread" in meta:
-            rates["vllm_bare_1thread"] = meta.pop("vllm_bare_1thread")
-        result["vllm"] = meta
-        if s.device == "cpu" and not s.quick:
-            try:
-                require("ray")
-                rates["rlaif_rollout_actor"] = run_rollout_actor(s, model_dir, chats or [])
-            except Skipped as exc:
-                result.setdefault("skipped_paths", {})["rlaif_rollout_actor"] = str(exc)
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if s.device == "cpu" and not s.quick:
+                try:
+                    require("ray")
+                    pool = stack.enter_context(rollout_pool(model_dir, chats or []))
+                except Skipped as exc:
+                    result.setdefault("skipped_paths", {})["rlaif_rollout_actor"] = str(exc)
+            paths, result["vllm"] = run_vllm_in_process(s, model_dir, chats or [], ids, pool)
+        names = {
+            "ours": "rlaif_engine",
+            "bare": "vllm_bare",
+            "bare1": "vllm_bare_1thread",
+            "actor": "rlaif_rollout_actor",
+        }
+        rates.update({names[k]: v for k, v in paths.items()})
     return result

@@ -118,7 +118,8 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
     paths = [p for p in GEN_PATHS if p in rates]
     md.append(
         f"Model {r['model']} ({r['params'] / 1e6:.0f} M params), {r['max_new_tokens']} new tokens per prompt "
-        f"(EOS ignored), prompts of {r['prompt_tokens_mean']:.0f} tokens on average, temperature 1."
+        f"(EOS ignored), prompts of {r['prompt_tokens_mean']:.0f} tokens on average, temperature 1. "
+        "The two ratios against bare vLLM are medians of per-repeat ratios (calls interleaved)."
     )
     md.append("")
     header = [
@@ -134,7 +135,9 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
     ]
     rows = []
     # Older results files have no paired ratio: then the ratio of the medians.
-    paired = {b: f"{x:.2f}×" for b, x in (r.get("vllm") or {}).get("rlaif_engine_over_bare_paired", {}).items()}
+    meta = r.get("vllm") or {}
+    paired = {b: f"{x:.2f}×" for b, x in meta.get("rlaif_engine_over_bare_paired", {}).items()}
+    paired_actor = {b: f"{x:.2f}×" for b, x in meta.get("rlaif_actor_over_bare_paired", {}).items()}
     for bs in r["batch_sizes"]:
         k = str(bs)
         v = {p: rates[p].get(k) for p in paths}
@@ -145,7 +148,7 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
                 bs,
                 *[v[p] for p in paths],
                 paired.get(k) or _ratio(v.get("rlaif_engine"), v.get("vllm_bare")),
-                _ratio(v.get("rlaif_rollout_actor"), v.get("vllm_bare")),
+                paired_actor.get(k) or _ratio(v.get("rlaif_rollout_actor"), v.get("vllm_bare")),
                 _ratio(best, v.get("transformers")),
                 ceil,
                 f"{100 * v['transformers'] / ceil:.1f}%" if ceil and v.get("transformers") else "—",
