@@ -125,7 +125,12 @@ def run_vllm_in_process(
     started, engine = timed(lambda: VLLMEngine(spec))
     ours_params = SamplingParams(temperature=1.0, max_new_tokens=s.max_new_tokens, ignore_eos=True)
     bare_params = VSamplingParams(temperature=1.0, max_tokens=s.max_new_tokens, ignore_eos=True)
-    engine.generate(chats[:2], SamplingParams(max_new_tokens=2))  # warm-up
+    # Warm-up at every batch size, on each path: the first call at a new batch size ran up to 20% slower
+    # (batch 8 here), a cost that would otherwise fall on whoever goes first in the first repeat.
+    for b in s.batch_sizes:
+        engine.generate(chats[:b], SamplingParams(max_new_tokens=2))
+        if pool:
+            pool.map_shards("generate", chats[:b], SamplingParams(max_new_tokens=2))
     import torch
 
     threads = torch.get_num_threads()
@@ -181,14 +186,14 @@ def run_vllm_in_process(
 
 
 @contextlib.contextmanager
-def rollout_pool(model_dir: Path, chats: list[Any]) -> Iterator[Any]:
+def rollout_pool(model_dir: Path) -> Iterator[Any]:
     """One Ray `RolloutWorker` actor given every core, as the rl_cai stage samples (`engine_env`)."""
     import ray
 
     from rlaif.actors.cluster import RoleGroupSpec, start_local
     from rlaif.actors.pool import ActorPool, engine_env
     from rlaif.actors.rollout import RolloutWorker
-    from rlaif.engines.base import EngineSpec, SamplingParams
+    from rlaif.engines.base import EngineSpec
 
     cores = os.cpu_count() or 1
     start_local(num_cpus=cores, include_dashboard=False, log_to_driver=False)
@@ -196,7 +201,6 @@ def rollout_pool(model_dir: Path, chats: list[Any]) -> Iterator[Any]:
         # No prefix cache: repeats send the same prompts, and the in-process paths reset theirs per call.
         spec = EngineSpec(model_path=str(model_dir), max_model_len=512, kv_cache_gib=2, enable_prefix_caching=False)
         pool = ActorPool(RolloutWorker, RoleGroupSpec("rollout", 1, cores, 0), (spec,), engine_env(cores))
-        pool.map_shards("generate", chats[:2], SamplingParams(max_new_tokens=2))  # warm-up
         yield pool
         pool.shutdown()
     finally:
@@ -255,7 +259,7 @@ def run(s: Settings) -> dict[str, Any]:
             if s.device == "cpu" and not s.quick:
                 try:
                     require("ray")
-                    pool = stack.enter_context(rollout_pool(model_dir, chats or []))
+                    pool = stack.enter_context(rollout_pool(model_dir))
                 except Skipped as exc:
                     result.setdefault("skipped_paths", {})["rlaif_rollout_actor"] = str(exc)
             paths, result["vllm"] = run_vllm_in_process(s, model_dir, chats or [], ids, pool)
