@@ -19,10 +19,10 @@ Every timed call starts with a cold prefix cache (the in-process paths reset it 
 call; the actor's engine has it off), so no path gets another's prefill for free.
 
 Reported per batch size: median tokens/s over repeats (three times as many for batches of 1
-and 8, whose calls are short), ratios, and the fraction of the roofline ceiling
-(`bench.roofline.decode_ceiling`) reached. The engine / bare vLLM ratio is the median of the
-per-repeat ratios of the interleaved calls, which cancels the machine's drift between
-repeats, and so is the actor / bare vLLM ratio; the others divide medians.
+and 8, whose calls are short), ratios, and the fraction of the roofline ceiling reached
+(`bench.roofline.generation_ceiling`, prefill included). The engine / bare vLLM and actor /
+bare vLLM ratios are medians of the per-repeat ratios of interleaved calls, which cancels
+the machine's drift between repeats; the others divide medians.
 """
 
 from __future__ import annotations
