@@ -83,11 +83,14 @@ def run(s: Settings) -> dict[str, Any]:
     }
 
 
+def step_seconds(tokens: float, params: int, weight_bytes: int, flops_per_s: float, bytes_per_s: float) -> float:
+    """Least time of one forward pass over `tokens` tokens: every weight read once, 2·params FLOPs a token."""
+    return max(tokens * 2.0 * params / flops_per_s, weight_bytes / bytes_per_s)
+
+
 def decode_ceiling(batch: int, params: int, weight_bytes: int, flops_per_s: float, bytes_per_s: float) -> float:
     """Tokens/s ceiling of one decoding step at batch `batch` (see the module doc)."""
-    per_token = 2.0 * params
-    step = max(batch * per_token / flops_per_s, weight_bytes / bytes_per_s)
-    return batch / step
+    return batch / step_seconds(batch, params, weight_bytes, flops_per_s, bytes_per_s)
 
 
 def generation_ceiling(
@@ -100,10 +103,6 @@ def generation_ceiling(
     bytes_per_s: float,
 ) -> float:
     """Generated tokens/s ceiling of a call that prefills `batch` prompts, then decodes `new_tokens` steps."""
-    per_token = 2.0 * params
-    prefill = max(batch * prompt_tokens * per_token / flops_per_s, weight_bytes / bytes_per_s)
-    return (
-        batch
-        * new_tokens
-        / (prefill + new_tokens * batch / decode_ceiling(batch, params, weight_bytes, flops_per_s, bytes_per_s))
-    )
+    machine = (params, weight_bytes, flops_per_s, bytes_per_s)
+    prefill = step_seconds(batch * prompt_tokens, *machine)
+    return batch * new_tokens / (prefill + new_tokens * step_seconds(batch, *machine))
