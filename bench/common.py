@@ -38,7 +38,9 @@ class Settings:
     rm_batch: int = 4
     rm_steps: int = 8
     rm_max_len: int = 256
-    ppo_iterations: int = 5
+    ppo_iterations: int = 7
+    # The first iterations of each side, reported apart (as start-up is): memory is being faulted in.
+    ppo_warmup: int = 2
     ppo_batch: int = 8
     ppo_new_tokens: int = 48
 
@@ -48,7 +50,7 @@ class Settings:
         if quick:
             s.repeats, s.batch_sizes, s.max_new_tokens = 1, [1, 8], 16
             s.judge_pairs, s.rm_batch, s.rm_steps, s.rm_max_len = 4, 2, 2, 128
-            s.ppo_iterations, s.ppo_batch, s.ppo_new_tokens = 2, 4, 8
+            s.ppo_iterations, s.ppo_warmup, s.ppo_batch, s.ppo_new_tokens = 2, 0, 4, 8
         if repeats:
             s.repeats = repeats
         return s

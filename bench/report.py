@@ -177,7 +177,8 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for p in paths:
-            ax.plot(r["batch_sizes"], [rates[p].get(str(x)) for x in r["batch_sizes"]], marker="o", label=p)
+            xs = [x for x in r["batch_sizes"] if rates[p].get(str(x)) is not None]
+            ax.plot(xs, [rates[p][str(x)] for x in xs], marker="o", label=p)
         if roof and "matmul" in roof:
             ax.plot(r["batch_sizes"], [_ceiling(r, roof, x) for x in r["batch_sizes"]], "k--", label="roofline ceiling")
         ax.set_xscale("log", base=2)
@@ -269,14 +270,26 @@ def _ppo(r: dict[str, Any], out: Path) -> list[str]:
     rows = []
     for ph in (*PPO_PHASES, "other", "total"):
         rows.append([ph, *[r[s]["split_s"].get(ph) if ph != "total" else r[s]["iteration_s"] for s in sides]])
-    md += _table(["phase (s per iteration)", *sides], rows)
+    n_warm = r.get("warmup_iterations") or 0
+    what = f"median s per iteration after {n_warm} warm-up" if n_warm else "median s per iteration"
+    md += _table([f"phase ({what})", *sides], rows)
     for s in ("rlaif", "trl"):
         if isinstance(r.get(s), dict) and _status(r[s]):
             md.append(f"- {s}: {_status(r[s])}")
+    warmup = {s: r[s].get("warmup_iteration_s") for s in sides if r[s].get("warmup_iteration_s")}
+    if warmup:
+        md += [f"- {s}: warm-up iterations {', '.join(f'{x:.1f}' for x in v)} s" for s, v in warmup.items()]
     if len(sides) == 2:
+        every = ""
+        if n_warm and "iteration_s_all" in r["trl"] and "iteration_s_all" in r["rlaif"]:
+            every = (
+                f"; median over every iteration, warm-up included: "
+                f"{_ratio(r['trl']['iteration_s_all'], r['rlaif']['iteration_s_all'])}"
+            )
         md += [
+            *([""] if warmup else []),
             f"TRL / rlaif seconds per iteration: **{_ratio(r['trl']['iteration_s'], r['rlaif']['iteration_s'])}** "
-            "(> 1: rlaif faster)",
+            f"(> 1: rlaif faster{every})",
             "",
         ]
     md += ["![PPO time split](ppo_split.png)", ""]
