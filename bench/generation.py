@@ -151,6 +151,12 @@ def run_vllm_in_process(
             kinds = ["ours", "bare"] + (["actor"] if pool else [])
             kinds += ["bare1"] if with_bare1 and rep == 0 and b <= 8 else []
             order = kinds if rep % 2 == 0 else kinds[::-1]  # alternate who goes first
+            # An untimed 2-token call first, in each process: after the smaller batches the first call
+            # at a larger one grows the allocator's blocks again, and that cost fell on whoever went
+            # first (batch 64, three repeats: the first path lost 12-19% twice, the last won once).
+            engine.generate(chats[:b], SamplingParams(max_new_tokens=2))
+            if pool:
+                pool.map_shards("generate", chats[:b], SamplingParams(max_new_tokens=2))
             for who in order:
                 # Every call starts from an empty prefix cache: else whoever runs second gets the
                 # same prompts' prefill for free (about a quarter of the work at batch 64).
