@@ -90,6 +90,29 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, out
 
 
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time so far, /proc/stat's first line (user ... steal), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_shares(before: list[int] | None, after: list[int] | None) -> dict[str, float] | None:
+    """Busy and stolen shares of the CPU time between two `cpu_ticks` readings.
+
+    Steal is time the hypervisor gave this VM's virtual CPUs to someone else: a run with more
+    of it was slowed by the host, not by the code it ran.
+    """
+    if before is None or after is None:
+        return None
+    d = [a - b for a, b in zip(after, before, strict=True)]
+    total = sum(d) or 1
+    idle = d[3] + d[4]  # idle, iowait
+    return {"busy": (total - idle - d[7]) / total, "steal": d[7] / total}
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -29,10 +29,22 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Settings, Skipped, bench_cache, log, median, require, resolve_bench_model
+from bench.common import (
+    ROOT,
+    Settings,
+    Skipped,
+    bench_cache,
+    cpu_shares,
+    cpu_ticks,
+    log,
+    median,
+    require,
+    resolve_bench_model,
+)
 from bench.reward import run_trl
 
 PHASES = ("generation", "scoring", "learner_forward", "training", "sync")
@@ -113,6 +125,14 @@ def run_rlaif(s: Settings, policy: Path, rm: Path, work: Path) -> dict[str, Any]
     }
 
 
+def with_cpu_shares(run_side: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one side and add the machine's busy and stolen CPU shares over its whole run."""
+    before = cpu_ticks()
+    side = run_side()
+    shares = cpu_shares(before, cpu_ticks())
+    return {**side, "cpu_shares": shares} if shares else side
+
+
 def summarise(side: dict[str, Any], warmup: int) -> dict[str, Any]:
     """Medians over the iterations after the first `warmup` (all of them when there are no more)."""
     if "iterations" not in side:
@@ -150,7 +170,7 @@ def run(s: Settings) -> dict[str, Any]:
         "setup": f"model {s.model}, {s.ppo_iterations} iterations ({s.ppo_warmup} warm-up) of {s.ppo_batch} "
         f"prompts x 1 sample, ≤ {s.ppo_new_tokens} new tokens, 1 PPO epoch, micro-batch {min(4, s.ppo_batch)}, fp32",
         "warmup_iterations": s.ppo_warmup,
-        "rlaif": summarise(run_rlaif(s, policy, rm, work), s.ppo_warmup),
+        "rlaif": summarise(with_cpu_shares(lambda: run_rlaif(s, policy, rm, work)), s.ppo_warmup),
     }
     log("ppo: TRL PPOTrainer")
     cfg = {
@@ -164,7 +184,7 @@ def run(s: Settings) -> dict[str, Any]:
         "device": s.device,
         "out_dir": str(work / "trl-out"),
     }
-    result["trl"] = summarise(run_trl("ppo", cfg, work / "trl.json"), s.ppo_warmup)
+    result["trl"] = summarise(with_cpu_shares(lambda: run_trl("ppo", cfg, work / "trl.json")), s.ppo_warmup)
     a, b = result["rlaif"].get("iteration_s"), result["trl"].get("iteration_s")
     if a and b:
         result["ratio_trl_over_rlaif_seconds"] = b / a

@@ -276,6 +276,12 @@ def _ppo(r: dict[str, Any], out: Path) -> list[str]:
     for s in ("rlaif", "trl"):
         if isinstance(r.get(s), dict) and _status(r[s]):
             md.append(f"- {s}: {_status(r[s])}")
+    for s in sides:
+        if shares := r[s].get("cpu_shares"):
+            md.append(
+                f"- {s}: CPU {100 * shares['busy']:.0f}% busy, {100 * shares['steal']:.1f}% stolen by the host "
+                "over its whole run (start-up included)"
+            )
     warmup = {s: r[s].get("warmup_iteration_s") for s in sides if r[s].get("warmup_iteration_s")}
     if warmup:
         md += [f"- {s}: warm-up iterations {', '.join(f'{x:.1f}' for x in v)} s" for s, v in warmup.items()]
@@ -287,7 +293,7 @@ def _ppo(r: dict[str, Any], out: Path) -> list[str]:
                 f"{_ratio(r['trl']['iteration_s_all'], r['rlaif']['iteration_s_all'])}"
             )
         md += [
-            *([""] if warmup else []),
+            *([""] if md[-1] else []),
             f"TRL / rlaif seconds per iteration: **{_ratio(r['trl']['iteration_s'], r['rlaif']['iteration_s'])}** "
             f"(> 1: rlaif faster{every})",
             "",
