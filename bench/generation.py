@@ -125,12 +125,6 @@ def run_vllm_in_process(
     started, engine = timed(lambda: VLLMEngine(spec))
     ours_params = SamplingParams(temperature=1.0, max_new_tokens=s.max_new_tokens, ignore_eos=True)
     bare_params = VSamplingParams(temperature=1.0, max_tokens=s.max_new_tokens, ignore_eos=True)
-    # Warm-up at every batch size, on each path: the first call at a new batch size ran up to 20% slower
-    # (batch 8 here), a cost that would otherwise fall on whoever goes first in the first repeat.
-    for b in s.batch_sizes:
-        engine.generate(chats[:b], SamplingParams(max_new_tokens=2))
-        if pool:
-            pool.map_shards("generate", chats[:b], SamplingParams(max_new_tokens=2))
     import torch
 
     threads = torch.get_num_threads()
@@ -151,9 +145,9 @@ def run_vllm_in_process(
             kinds = ["ours", "bare"] + (["actor"] if pool else [])
             kinds += ["bare1"] if with_bare1 and rep == 0 and b <= 8 else []
             order = kinds if rep % 2 == 0 else kinds[::-1]  # alternate who goes first
-            # An untimed 2-token call first, in each process: after the smaller batches the first call
-            # at a larger one grows the allocator's blocks again, and that cost fell on whoever went
-            # first (batch 64, three repeats: the first path lost 12-19% twice, the last won once).
+            # An untimed 2-token call first, in each process: the first call at a batch size (batch 8
+            # ran up to 20% slow), and again after the smaller batches (the allocator's blocks grow
+            # back), is slower, a cost that fell on whoever went first (batch 64: 12-19%).
             engine.generate(chats[:b], SamplingParams(max_new_tokens=2))
             if pool:
                 pool.map_shards("generate", chats[:b], SamplingParams(max_new_tokens=2))

@@ -138,7 +138,8 @@ def summarise(side: dict[str, Any], warmup: int) -> dict[str, Any]:
     if "iterations" not in side:
         return side
     iters = side["iterations"]
-    steady = iters[warmup:] if len(iters) > warmup else iters
+    n_warm = warmup if len(iters) > warmup else 0
+    steady = iters[n_warm:]
     split = {p: median([it.get(p, 0.0) for it in steady]) for p in PHASES}
     total = median([it["total"] for it in steady])
     split["other"] = max(0.0, total - sum(split.values()))
@@ -147,7 +148,7 @@ def summarise(side: dict[str, Any], warmup: int) -> dict[str, Any]:
         "split_s": split,
         "iteration_s": total,
         "steady_iterations": len(steady),
-        "warmup_iteration_s": [it["total"] for it in iters[: len(iters) - len(steady)]],
+        "warmup_iteration_s": [it["total"] for it in iters[:n_warm]],
         "iteration_s_all": median([it["total"] for it in iters]),
     }
 
