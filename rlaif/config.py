@@ -378,6 +378,14 @@ class PPOConfig:
     # sample, as TRL's PPO reuses its generation logits); auto: engine when the learner and the
     # engines both run float32, where the two agree to ~4e-5 nats, else learner (bf16 kernels differ).
     old_logprobs: str = "auto"
+    # Critic forward passes per sample. twice: one at rollout time (the values for the
+    # advantages) and one in the update; once: the rollout-time pass keeps its graph and the
+    # update backpropagates through it, as the update's own pass would compute the very same
+    # values (needs ppo_epochs 1, one mini-batch per iteration, ZeRO stage < 3; the critic's
+    # activations for the whole shard are held until the update, and it trains in eval mode,
+    # without dropout, as TRL's PPO does by default); auto: once where those hold and
+    # engine.device is cpu (host memory is ample), else twice.
+    value_forward: str = "auto"
     # Adapt β towards kl_target (Ziegler et al. 2019) instead of keeping it fixed.
     adaptive_kl: bool = False
     # Adaptive only: target KL per response, in nats.
@@ -430,6 +438,7 @@ class PPOConfig:
         checks = {
             "kl_estimator": (self.kl_estimator, ("k1", "k2", "k3")),
             "old_logprobs": (self.old_logprobs, ("auto", "learner", "engine")),
+            "value_forward": (self.value_forward, ("auto", "once", "twice")),
             "sync_backend": (self.sync_backend, ("auto", "gloo", "nccl")),
             "placement": (self.placement, ("disaggregated", "colocated")),
         }

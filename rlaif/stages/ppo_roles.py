@@ -133,6 +133,26 @@ def uses_engine_logprobs(run: RunConfig) -> bool:
     return run.ppo.old_logprobs == "engine"
 
 
+def reuses_value_forward(run: RunConfig) -> bool:
+    """Whether the update trains the critic on its rollout-time passes (`ppo.value_forward`).
+
+    Raises:
+        ValueError: `once` where the update is not one optimizer step of one epoch, or under ZeRO-3.
+    """
+    cfg = run.ppo
+    samples = cfg.prompts_per_iteration * cfg.samples_per_prompt
+    fits = cfg.ppo_epochs == 1 and cfg.mini_batch_size == samples and run.deepspeed.zero_stage < 3
+    if cfg.value_forward == "once" and not fits:
+        raise ValueError(
+            "ppo.value_forward=once needs ppo.ppo_epochs=1, ppo.mini_batch_size = prompts_per_iteration x "
+            f"samples_per_prompt ({samples}) and deepspeed.zero_stage < 3; got {cfg.ppo_epochs}, "
+            f"{cfg.mini_batch_size} and {run.deepspeed.zero_stage} (use twice or auto)"
+        )
+    if cfg.value_forward == "auto":
+        return fits and run.engine.device == "cpu"
+    return cfg.value_forward == "once"
+
+
 def role_specs(run: RunConfig) -> tuple[RoleGroupSpec, RoleGroupSpec, RoleGroupSpec]:
     """Learner, rollout and reward-scorer resources from ``cluster.*``, checked against ``ppo.placement``."""
     c, strategy = run.cluster, run.cluster.placement_strategy
@@ -200,6 +220,8 @@ class PPORoles:
         self.colocated = run.ppo.placement == "colocated"
         # The engines return their sampling log-probs, which stand in for the learner's (`policy_outputs`).
         self.engine_logprobs = uses_engine_logprobs(run)
+        # The update trains the critic on its rollout-time passes (one critic pass per sample).
+        self.keep_value_graph = reuses_value_forward(run)
         learner_spec, rollout_spec, scorer_spec = role_specs(run)
         backend = sync_backend(run)
         log.info(
@@ -238,17 +260,16 @@ class PPORoles:
         """Log-probs, reference log-probs and values, each rank computing its contiguous shard.
 
         With `engine_logprobs` (batch, response_len), the engines' sampling log-probs stand in
-        for the policy's and the learner skips that forward pass (`ppo.old_logprobs`).
+        for the policy's and the learner skips that forward pass (`ppo.old_logprobs`). With
+        `ppo.value_forward` once, the ranks keep their critic passes for the next `train`.
         """
         world = self.learner.world_size
         shards = split_batch(rollout, world)
-        args: list[tuple[Any, ...]]
-        if engine_logprobs is None:
-            args = [(shard,) for shard in shards]
-        else:
-            # tensor_split sizes its parts as split_batch does: the first n % world get one more row.
-            given = torch.tensor_split(engine_logprobs, world)
-            args = [(shard, lp) for shard, lp in zip(shards, given, strict=True)]
+        # tensor_split sizes its parts as split_batch does: the first n % world get one more row.
+        given: Sequence[torch.Tensor | None] = (
+            [None] * world if engine_logprobs is None else torch.tensor_split(engine_logprobs, world)
+        )
+        args = [(shard, lp, self.keep_value_graph) for shard, lp in zip(shards, given, strict=True)]
         return concat_outputs(self.learner.run("logprobs_and_values", args))
 
     def train(self, experience: ExperienceBatch, cfg: PPOConfig) -> PPOTrainStats:

@@ -16,6 +16,12 @@ then `train` on rank shards of the `ExperienceBatch`: clipped surrogate
 `ppo_epochs` passes in shuffled mini-batches. Log-probs are of the logits divided by
 the sampling temperature: the distribution the rollout engines sampled from.
 
+When the update is one optimizer step over the shard in one epoch, the critic's first
+training forward pass would compute exactly the values it computed at rollout time, so
+`logprobs_and_values(keep_value_graph=True)` keeps that pass's graph and `train` backpropagates
+the value loss through it: one critic forward pass per sample instead of two
+(`ppo.value_forward=once`).
+
 Weight sync (DESIGN §5): rank 0 joins a broadcast group with the rollout engines
 (`join_sync_group`); `send_weights` is called on every rank, because under ZeRO-3 each
 bucket's parameters are gathered collectively (`deepspeed.zero.GatheredParameters`),
@@ -126,43 +132,68 @@ class PPOTrainer:
         self.sync_group: SyncGroup | None = None
         # Parameters in a fixed order: both ends of the broadcast derive buckets from it.
         self._sync_params = list(self.actor.module.named_parameters())
+        # The critic forward passes `train` will backpropagate through (`keep_value_graph`).
+        self._held: _HeldValues | None = None
 
     # --- rollout-time outputs -------------------------------------------------
 
-    @torch.no_grad()
-    def logprobs_and_values(self, batch: RolloutBatch, policy_logprobs: torch.Tensor | None = None) -> PolicyOutputs:
+    def logprobs_and_values(
+        self, batch: RolloutBatch, policy_logprobs: torch.Tensor | None = None, keep_value_graph: bool = False
+    ) -> PolicyOutputs:
         """Policy and reference log-probs and critic values for this rank's shard; all ranks call together.
 
         `policy_logprobs` (batch, response_len), when given, are the rollout engine's sampling
         log-probs of the response tokens; they are returned as the policy's, and the policy's
         forward pass is skipped.
 
+        `keep_value_graph`: run the critic with gradients, one micro-batch per pass, and keep
+        the graphs for the next `train` call, which then trains the critic on these passes
+        instead of running it again. The shard must be one optimizer step (micro-batch x
+        gradient accumulation rows) and ZeRO below stage 3 (whose parameters are released
+        between passes); `train` must then be one epoch over this very shard.
+
         Returns (batch, response_len) tensors on CPU, 0 on padding.
         """
+        n = batch.prompt_ids.shape[0]
         if policy_logprobs is not None and policy_logprobs.shape != batch.response_ids.shape:
             raise ValueError(
                 f"policy_logprobs has shape {tuple(policy_logprobs.shape)}, the responses "
                 f"{tuple(batch.response_ids.shape)}"
             )
+        step_rows = self.micro_batch_size * int(self.critic.gradient_accumulation_steps())
+        if keep_value_graph and (n != step_rows or self.zero_stage == 3):
+            raise ValueError(
+                f"rank {self.rank}: keeping the critic's graphs (ppo.value_forward=once) needs a shard of exactly "
+                f"one optimizer step ({step_rows} rows, got {n}) and ZeRO stage < 3 (got {self.zero_stage})"
+            )
+        self._held = None  # graphs of an update that never came
         self.actor.eval()
         self.critic.eval()
         parts: list[PolicyOutputs] = []
-        for chunk in D.lockstep_chunks(range(batch.prompt_ids.shape[0]), self.micro_batch_size):
+        held: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for chunk in D.lockstep_chunks(range(n), self.micro_batch_size):
             # A rank out of rows still runs a pass: ZeRO-3 gathers parameters collectively.
             index = torch.tensor(chunk or [0])
             rows = index_batch(batch, index)
             mask = rows.response_mask.to(self.actor.device)
-            if policy_logprobs is None:
-                logprobs, _ = self._logprobs(self.actor, rows)
-            else:
-                logprobs = policy_logprobs[index].to(self.actor.device)
-            ref_logprobs, _ = self._logprobs(self.reference, rows)
-            values = self._values(rows)
+            with torch.no_grad():
+                if policy_logprobs is None:
+                    logprobs, _ = self._logprobs(self.actor, rows)
+                else:
+                    logprobs = policy_logprobs[index].to(self.actor.device)
+                ref_logprobs, _ = self._logprobs(self.reference, rows)
+            with torch.enable_grad() if keep_value_graph else torch.no_grad():
+                values = self._values(rows)
+            if keep_value_graph:
+                held.append((index, values))
+                values = values.detach()
             if chunk:
                 masked = (torch.where(mask.bool(), t, 0.0).cpu() for t in (logprobs, ref_logprobs, values))
                 parts.append(PolicyOutputs(*masked))
         self.actor.train()
         self.critic.train()
+        if keep_value_graph:
+            self._held = _HeldValues(batch.prompt_ids, batch.response_ids, held)
         return PolicyOutputs(*(torch.cat([p[i] for p in parts]) for i in range(3)))
 
     # --- the PPO update ---------------------------------------------------------
@@ -180,7 +211,9 @@ class PPOTrainer:
         """`ppo_epochs` passes over this rank's shard in shuffled mini-batches; all ranks call together.
 
         `mini_batch_size` is this rank's samples per optimizer step; the DeepSpeed
-        configs' micro-batch size times gradient accumulation must equal it.
+        configs' micro-batch size times gradient accumulation must equal it. After
+        `logprobs_and_values(keep_value_graph=True)` the critic's step backpropagates
+        through those passes (in their micro-batches) and the actor's alone runs here.
         """
         n = experience.prompt_ids.shape[0]
         accum = int(self.actor.gradient_accumulation_steps())
@@ -189,21 +222,33 @@ class PPOTrainer:
                 f"rank {self.rank}: {n} samples must split into mini-batches of {mini_batch_size} "
                 f"= micro_batch_size {self.micro_batch_size} x grad_accum {accum}"
             )
+        held, self._held = self._held, None
+        if held is not None:
+            held.check(experience, ppo_epochs, mini_batch_size, self.rank)
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
         sums = _Sums()
+        critic_trained = held is not None
+        if held is not None:
+            # First, so that the kept activations are freed before the actor's pass allocates its own.
+            chunks = held.chunks
+            del held
+            while chunks:
+                index, values = chunks.pop(0)
+                self._critic_step(index_batch(experience, index), values, value_clip, vf_coef, sums)
+                del values
         for _ in range(ppo_epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, self.micro_batch_size):
                 micro = index_batch(experience, order[start : start + self.micro_batch_size])
-                self._micro_step(micro, clip_eps, value_clip, vf_coef, entropy_coef, sums)
+                self._actor_step(micro, clip_eps, entropy_coef, sums)
+                if not critic_trained:
+                    self._critic_step(micro, self._values(micro.rollout()), value_clip, vf_coef, sums)
         self.step += 1
         return sums.reduce(time.perf_counter() - started)
 
-    def _micro_step(
-        self, mb: ExperienceBatch, clip_eps: float, value_clip: float, vf_coef: float, entropy_coef: float, sums: _Sums
-    ) -> None:
-        """One forward/backward of actor and critic; DeepSpeed steps at the accumulation boundary."""
+    def _actor_step(self, mb: ExperienceBatch, clip_eps: float, entropy_coef: float, sums: _Sums) -> None:
+        """One forward/backward of the actor; DeepSpeed steps at the accumulation boundary."""
         device = self.actor.device
         mask = mb.response_mask.to(device)
         logprobs, logits = self._logprobs(self.actor, mb.rollout())
@@ -214,15 +259,25 @@ class PPOTrainer:
         boundary = self.actor.is_gradient_accumulation_boundary()
         self.actor.backward(pg_loss - entropy_coef * entropy if entropy_coef else pg_loss)
         self.actor.step()
-        values = self._values(mb.rollout())
+        sums.add_policy(pg_loss, entropy, stats.approx_kl, stats.clip_fraction)
+        if boundary:
+            sums.add_actor_norm(D.grad_norm(self.actor))
+
+    def _critic_step(
+        self, mb: ExperienceBatch, values: torch.Tensor, value_clip: float, vf_coef: float, sums: _Sums
+    ) -> None:
+        """The value loss of `values` (the critic's pass over `mb`, with its graph) backward; steps at the boundary."""
+        device = self.critic.device
+        mask = mb.response_mask.to(device)
+        boundary = self.critic.is_gradient_accumulation_boundary()
         v_loss = value_loss(values, mb.values.to(device), mb.returns.to(device), mask, value_clip)
         # With its own optimizer the critic's loss scale is its learning rate's business;
         # vf_coef is kept for parity with shared-trunk PPO (Adam undoes most of it).
         self.critic.backward(vf_coef * v_loss)
         self.critic.step()
-        sums.add(pg_loss, v_loss, entropy, stats.approx_kl, stats.clip_fraction)
+        sums.add_value(v_loss)
         if boundary:
-            sums.add_norms(D.grad_norm(self.actor), D.grad_norm(self.critic))
+            sums.add_critic_norm(D.grad_norm(self.critic))
 
     def _logprobs(self, model: Any, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs (batch, response_len) of the response tokens and their tempered logits (…, vocab)."""
@@ -320,44 +375,72 @@ class PPOTrainer:
 
     def load_checkpoint(self, directory: str) -> int:
         """Resume actor and critic from `save_checkpoint`; return the number of updates made so far."""
+        self._held = None
         self.step = D.load_engine_checkpoint(self.actor, Path(directory) / "actor")
         D.load_engine_checkpoint(self.critic, Path(directory) / "critic")
         return self.step
+
+
+class _HeldValues(NamedTuple):
+    """Critic passes kept by `logprobs_and_values` for the next `train`: row indices and values with graphs."""
+
+    prompt_ids: torch.Tensor
+    response_ids: torch.Tensor
+    chunks: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def check(self, experience: ExperienceBatch, ppo_epochs: int, mini_batch_size: int, rank: int) -> None:
+        """The update must be one step over the very rows the passes saw, or the kept values would be stale."""
+        same = torch.equal(experience.prompt_ids, self.prompt_ids) and torch.equal(
+            experience.response_ids, self.response_ids
+        )
+        if not same or ppo_epochs != 1 or experience.prompt_ids.shape[0] != mini_batch_size:
+            raise ValueError(
+                f"rank {rank}: the critic's kept passes (ppo.value_forward=once) need train() to be one epoch "
+                f"(got {ppo_epochs}) of one mini-batch (got {mini_batch_size} of {experience.prompt_ids.shape[0]} "
+                f"rows) over the rows logprobs_and_values saw (same rows: {same})"
+            )
 
 
 class _Sums:
     """Running sums of this rank's per-micro-batch metrics, reduced over ranks at the end."""
 
     def __init__(self) -> None:
-        self.values = [0.0] * 5
-        self.micro = 0
+        self.policy = [0.0] * 4  # policy loss, entropy, approx KL, clip fraction
+        self.value = 0.0
+        self.counts = [0, 0]  # actor and critic micro-batches
         self.norms = [0.0, 0.0]
-        self.steps = 0
+        self.steps = [0, 0]  # actor and critic optimizer steps
 
-    def add(self, *metrics: torch.Tensor) -> None:
+    def add_policy(self, *metrics: torch.Tensor) -> None:
         for i, m in enumerate(metrics):
-            self.values[i] += float(m.detach())
-        self.micro += 1
+            self.policy[i] += float(m.detach())
+        self.counts[0] += 1
 
-    def add_norms(self, actor: float, critic: float) -> None:
-        self.norms[0] += actor
-        self.norms[1] += critic
-        self.steps += 1
+    def add_value(self, loss: torch.Tensor) -> None:
+        self.value += float(loss.detach())
+        self.counts[1] += 1
+
+    def add_actor_norm(self, norm: float) -> None:
+        self.norms[0] += norm
+        self.steps[0] += 1
+
+    def add_critic_norm(self, norm: float) -> None:
+        self.norms[1] += norm
+        self.steps[1] += 1
 
     def reduce(self, seconds: float) -> PPOTrainStats:
-        totals = D.all_reduce_sums([*self.values, float(self.micro)])
-        micro = max(totals[-1], 1.0)
-        policy_loss, v_loss, entropy, approx_kl, clip_fraction = (v / micro for v in totals[:-1])
+        totals = D.all_reduce_sums([*self.policy, self.value, *map(float, self.counts)])
+        actor_micro, critic_micro = (max(c, 1.0) for c in totals[-2:])
+        policy_loss, entropy, approx_kl, clip_fraction = (v / actor_micro for v in totals[:4])
         # Grad norms are global already (identical on every rank): average over this rank's steps.
-        steps = max(self.steps, 1)
         return PPOTrainStats(
             policy_loss=policy_loss,
-            value_loss=v_loss,
+            value_loss=totals[4] / critic_micro,
             entropy=entropy,
             approx_kl=approx_kl,
             clip_fraction=clip_fraction,
-            actor_grad_norm=self.norms[0] / steps,
-            critic_grad_norm=self.norms[1] / steps,
-            optimizer_steps=self.steps,
+            actor_grad_norm=self.norms[0] / max(self.steps[0], 1),
+            critic_grad_norm=self.norms[1] / max(self.steps[1], 1),
+            optimizer_steps=self.steps[0],
             seconds=seconds,
         )

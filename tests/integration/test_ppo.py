@@ -61,6 +61,11 @@ class InspectedPPOTrainer(PPOTrainer):
         hf.update_weights(state.items(), version=1)
         return _outputs(hf)
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Actor and critic weights (ZeRO < 3: whole on every rank)."""
+        engines = (("actor", self.actor), ("critic", self.critic))
+        return {f"{name}.{k}": v.detach().clone() for name, e in engines for k, v in e.module.state_dict().items()}
+
 
 class InspectedRollout(RolloutWorker):
     def outputs(self) -> tuple[list, list]:
@@ -141,6 +146,45 @@ def test_rollout_engines_match_the_ppo_learner_after_sync(
         assert want_tokens != before[0], "the PPO update should have changed the greedy outputs"
     finally:
         pool.shutdown()
+        learner.shutdown()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_one_critic_pass_trains_the_critic_as_a_second_pass_would(tiny_model: Path, tmp_path: Path) -> None:
+    """ppo.value_forward=once: the rollout-time critic pass, kept, gives the update of a fresh pass."""
+    learner = _learner(tiny_model, zero_stage=2, ranks=1)
+    generator = torch.Generator().manual_seed(0)
+    # Prompts and responses of different lengths: left- and right-padding both in play.
+    prompts = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (7, 3, 5, 6)]
+    responses = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (4, 9, 1, 6)]
+    batch = collate_rollouts(prompts, responses, 0)
+    scores = torch.tensor([1.0, -0.5, 0.25, -1.0])
+    try:
+        learner.run_all("save_checkpoint", str(tmp_path / "start"))
+        runs = {}
+        for keep in (False, True):
+            assert learner.run_all("load_checkpoint", str(tmp_path / "start")) == [0]
+            start = learner.run_all("weights")[0]
+            outputs = concat_outputs(learner.run("logprobs_and_values", [(batch, None, keep)]))
+            exp, _ = make_experience(batch, outputs, scores, torch.zeros(4), 0.05, "k1", 1.0, 0.95, True)
+            stats = learner.run("train", [(exp, 1, 4, 0.2, 0.2, 1.0, 0.0)])[0]
+            runs[keep] = (outputs, stats, learner.run_all("weights")[0])
+        (out_twice, twice, w_twice), (out_once, once, w_once) = runs[False], runs[True]
+        assert torch.allclose(out_once.values, out_twice.values, atol=1e-6)
+        assert once.optimizer_steps == twice.optimizer_steps == 1
+        assert once.critic_grad_norm > 0 and once.value_loss > 0
+        for field in ("value_loss", "critic_grad_norm", "policy_loss", "actor_grad_norm"):
+            assert getattr(once, field) == pytest.approx(getattr(twice, field), rel=1e-4), field
+        critic = [k for k in w_once if k.startswith("critic.")]
+        assert any(not torch.equal(w_once[k], start[k]) for k in critic), "the critic did not train"
+        for k, v in w_once.items():
+            assert torch.allclose(v, w_twice[k], atol=1e-6), k
+        # Kept passes are for one update over the rows they saw, in one epoch: anything else is refused.
+        outputs = concat_outputs(learner.run("logprobs_and_values", [(batch, None, True)]))
+        exp, _ = make_experience(batch, outputs, scores, torch.zeros(4), 0.05, "k1", 1.0, 0.95, True)
+        with pytest.raises(Exception, match="value_forward=once"):
+            learner.run("train", [(exp, 2, 4, 0.2, 0.2, 1.0, 0.0)])
+    finally:
         learner.shutdown()
 
 

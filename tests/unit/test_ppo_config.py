@@ -44,10 +44,37 @@ def test_old_logprobs_come_from_the_engines_only_where_both_sides_run_float32(
 
 
 @pytest.mark.parametrize(
+    ("overrides", "once"),
+    [
+        ([], True),  # the defaults: one epoch, one mini-batch of 8 per iteration, on CPU
+        (["ppo.ppo_epochs=2"], False),
+        (["ppo.mini_batch_size=4"], False),
+        (["ppo.samples_per_prompt=2"], False),
+        (["deepspeed.zero_stage=3"], False),
+        (["engine=vllm-gpu"], False),  # a whole shard's critic activations may not fit a GPU
+        (["engine=vllm-gpu", "ppo.value_forward=once"], True),
+        (["ppo.value_forward=twice"], False),
+    ],
+)
+def test_the_critic_runs_once_per_sample_where_the_update_is_one_step(overrides: list[str], once: bool) -> None:
+    from rlaif.stages.ppo_roles import reuses_value_forward
+
+    assert reuses_value_forward(compose_run(overrides)) is once
+
+
+def test_one_critic_pass_is_refused_where_the_update_would_see_other_values() -> None:
+    from rlaif.stages.ppo_roles import reuses_value_forward
+
+    with pytest.raises(ValueError, match="ppo.value_forward=once needs ppo.ppo_epochs=1"):
+        reuses_value_forward(compose_run(["ppo.value_forward=once", "ppo.ppo_epochs=2"]))
+
+
+@pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"kl_estimator": "k4"}, "ppo.kl_estimator"),
         ({"old_logprobs": "rollout"}, "ppo.old_logprobs"),
+        ({"value_forward": "never"}, "ppo.value_forward"),
         ({"placement": "shared"}, "ppo.placement"),
         ({"mini_batch_size": 6, "micro_batch_size": 4}, "ppo.mini_batch_size"),
         ({"prompts_per_iteration": 6}, "mini_batch_size"),
