@@ -154,6 +154,31 @@ def index_batch(batch: B, index: torch.Tensor | slice) -> B:
     return type(batch)(*(field[index] for field in batch))
 
 
+R = TypeVar("R", RolloutBatch, ExperienceBatch)
+
+
+def trim_padding(batch: R) -> R:
+    """`batch` without the columns that are padding in every row, for a cheaper forward pass.
+
+    Drops the leading prompt columns and the trailing response columns that no row uses
+    (a batch padded for other rows, as a micro-batch of a larger batch is). Response
+    tokens stay in their columns, so per-token fields are sliced alike and the forward
+    pass's outputs line up with them; at least one response column is kept.
+    """
+    used = batch.prompt_mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else batch.prompt_mask.shape[1]
+    used = batch.response_mask.any(dim=0).nonzero()
+    width = int(used[-1]) + 1 if len(used) else 1
+    fields = []
+    for name, t in zip(batch._fields, batch, strict=True):
+        if name.startswith("prompt_"):
+            t = t[:, start:]
+        elif t.dim() == 2:
+            t = t[:, :width]
+        fields.append(t)
+    return type(batch)(*fields)
+
+
 def split_batch(batch: B, parts: int) -> list[B]:
     """`parts` contiguous shards along the batch; sizes differ by at most one, in order."""
     n = batch[0].shape[0]

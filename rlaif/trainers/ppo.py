@@ -45,6 +45,7 @@ from rlaif.core.experience import (
     RolloutBatch,
     index_batch,
     position_ids_from_mask,
+    trim_padding,
 )
 from rlaif.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
 from rlaif.engines.weight_sync import TIMEOUT_S, SyncGroup, SyncStats, send_state
@@ -169,18 +170,22 @@ class PPOTrainer:
         self._held = None  # graphs of an update that never came
         self.actor.eval()
         self.critic.eval()
-        parts: list[PolicyOutputs] = []
+        out = [torch.zeros(batch.response_ids.shape) for _ in PolicyOutputs._fields]
         held: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for chunk in D.lockstep_chunks(range(n), self.micro_batch_size):
+        # Rows of similar length share a pass, which then carries less padding (`trim_padding`).
+        lengths = (batch.prompt_mask.sum(1) + batch.response_mask.sum(1)).tolist()
+        by_length = sorted(range(n), key=lambda i: lengths[i])
+        for chunk in D.lockstep_chunks(by_length, self.micro_batch_size):
             # A rank out of rows still runs a pass: ZeRO-3 gathers parameters collectively.
             index = torch.tensor(chunk or [0])
-            rows = index_batch(batch, index)
+            rows = trim_padding(index_batch(batch, index))
+            width = rows.response_ids.shape[1]
             mask = rows.response_mask.to(self.actor.device)
             with torch.no_grad():
                 if policy_logprobs is None:
                     logprobs, _ = self._logprobs(self.actor, rows)
                 else:
-                    logprobs = policy_logprobs[index].to(self.actor.device)
+                    logprobs = policy_logprobs[index, :width].to(self.actor.device)
                 ref_logprobs, _ = self._logprobs(self.reference, rows)
             with torch.enable_grad() if keep_value_graph else torch.no_grad():
                 values = self._values(rows)
@@ -188,13 +193,13 @@ class PPOTrainer:
                 held.append((index, values))
                 values = values.detach()
             if chunk:
-                masked = (torch.where(mask.bool(), t, 0.0).cpu() for t in (logprobs, ref_logprobs, values))
-                parts.append(PolicyOutputs(*masked))
+                for whole, t in zip(out, (logprobs, ref_logprobs, values), strict=True):
+                    whole[index, :width] = torch.where(mask.bool(), t, 0.0).float().cpu()
         self.actor.train()
         self.critic.train()
         if keep_value_graph:
             self._held = _HeldValues(batch.prompt_ids, batch.response_ids, held)
-        return PolicyOutputs(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+        return PolicyOutputs(*out)
 
     # --- the PPO update ---------------------------------------------------------
 
@@ -235,12 +240,12 @@ class PPOTrainer:
             del held
             while chunks:
                 index, values = chunks.pop(0)
-                self._critic_step(index_batch(experience, index), values, value_clip, vf_coef, sums)
+                self._critic_step(trim_padding(index_batch(experience, index)), values, value_clip, vf_coef, sums)
                 del values
         for _ in range(ppo_epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, self.micro_batch_size):
-                micro = index_batch(experience, order[start : start + self.micro_batch_size])
+                micro = trim_padding(index_batch(experience, order[start : start + self.micro_batch_size]))
                 self._actor_step(micro, clip_eps, entropy_coef, sums)
                 if not critic_trained:
                     self._critic_step(micro, self._values(micro.rollout()), value_clip, vf_coef, sums)

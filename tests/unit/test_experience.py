@@ -11,6 +11,7 @@ from rlaif.core.experience import (
     make_experience,
     position_ids_from_mask,
     split_batch,
+    trim_padding,
 )
 from rlaif.core.rewards import RewardSample, build_rule_reward
 
@@ -78,6 +79,23 @@ def test_split_index_and_concat_round_trip() -> None:
     parts = [PolicyOutputs(*(torch.ones(3, 2) for _ in range(3))), PolicyOutputs(*(torch.ones(2, 3) for _ in range(3)))]
     merged = concat_outputs(parts)
     assert merged.logprobs.shape == (5, 3) and merged.values[:3, 2].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_trim_padding_drops_columns_no_row_uses_and_keeps_tokens_in_their_columns() -> None:
+    batch = collate_rollouts([[5, 6, 7], [8], [9, 9]], [[1], [2, 3, 4], [5]], 0)
+    rows = trim_padding(index_batch(batch, torch.tensor([2, 0])))
+    assert rows.prompt_ids.tolist() == [[0, 9, 9], [5, 6, 7]]
+    assert rows.response_ids.tolist() == [[5], [1]] and rows.response_mask.tolist() == [[1], [1]]
+    rows = trim_padding(index_batch(batch, torch.tensor([1, 2])))
+    assert rows.prompt_ids.tolist() == [[0, 8], [9, 9]] and rows.prompt_mask.tolist() == [[0, 1], [1, 1]]
+    assert rows.response_ids.tolist() == [[2, 3, 4], [5, 0, 0]]
+    # Every per-token field of an experience batch is cut alike; per-row fields are left alone.
+    outputs = PolicyOutputs(*(torch.arange(9.0).view(3, 3) + k for k in range(3)))
+    exp, _ = make_experience(batch, outputs, torch.ones(3), torch.tensor([0, 1, 2]), 0.1, "k1", 1.0, 0.95, False)
+    cut = trim_padding(index_batch(exp, torch.tensor([0, 2])))
+    assert cut.prompt_ids.shape == (2, 3) and cut.policy_version.tolist() == [0, 2]
+    assert cut.values.tolist() == [[2.0], [8.0]] and cut.advantages.shape == cut.returns.shape == (2, 1)
+    assert cut.scores.tolist() == [1.0, 1.0]
 
 
 def test_token_count_rule_reward() -> None:
