@@ -161,12 +161,13 @@ class PPOTrainer:
                 f"policy_logprobs has shape {tuple(policy_logprobs.shape)}, the responses "
                 f"{tuple(batch.response_ids.shape)}"
             )
-        step_rows = self.micro_batch_size * int(self.critic.gradient_accumulation_steps())
-        if keep_value_graph and (n != step_rows or self.zero_stage == 3):
-            raise ValueError(
-                f"rank {self.rank}: keeping the critic's graphs (ppo.value_forward=once) needs a shard of exactly "
-                f"one optimizer step ({step_rows} rows, got {n}) and ZeRO stage < 3 (got {self.zero_stage})"
-            )
+        if keep_value_graph:
+            step_rows = self.micro_batch_size * int(self.critic.gradient_accumulation_steps())
+            if n != step_rows or self.zero_stage == 3:
+                raise ValueError(
+                    f"rank {self.rank}: keeping the critic's graphs (ppo.value_forward=once) needs a shard of "
+                    f"exactly one optimizer step ({step_rows} rows, got {n}) and ZeRO stage < 3 (got {self.zero_stage})"
+                )
         self._held = None  # graphs of an update that never came
         self.actor.eval()
         self.critic.eval()
@@ -194,7 +195,7 @@ class PPOTrainer:
                 values = values.detach()
             if chunk:
                 for whole, t in zip(out, (logprobs, ref_logprobs, values), strict=True):
-                    whole[index, :width] = torch.where(mask.bool(), t, 0.0).float().cpu()
+                    whole[index, :width] = torch.where(mask.bool(), t, 0.0).cpu()
         self.actor.train()
         self.critic.train()
         if keep_value_graph:
@@ -233,21 +234,16 @@ class PPOTrainer:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
         sums = _Sums()
-        critic_trained = held is not None
         if held is not None:
-            # First, so that the kept activations are freed before the actor's pass allocates its own.
-            chunks = held.chunks
-            del held
-            while chunks:
-                index, values = chunks.pop(0)
+            # First: each backward frees its kept activations before the actor's passes allocate theirs.
+            for index, values in held.chunks:
                 self._critic_step(trim_padding(index_batch(experience, index)), values, value_clip, vf_coef, sums)
-                del values
         for _ in range(ppo_epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, self.micro_batch_size):
                 micro = trim_padding(index_batch(experience, order[start : start + self.micro_batch_size]))
                 self._actor_step(micro, clip_eps, entropy_coef, sums)
-                if not critic_trained:
+                if held is None:
                     self._critic_step(micro, self._values(micro.rollout()), value_clip, vf_coef, sums)
         self.step += 1
         return sums.reduce(time.perf_counter() - started)
