@@ -293,13 +293,14 @@ class RewardModelConfig:
     # Fraction of labelled prompts held out (by stable id) for loss, accuracy and calibration.
     heldout_fraction: float = 0.25
     # Optimizer steps; the training pairs are cycled (reshuffled by seed each pass) to fill them.
-    steps: int = 4
+    steps: int = 16
     # Pairs per forward/backward on one rank (each pair is two sequences).
-    micro_batch_size: int = 2
+    micro_batch_size: int = 4
     # Micro-batches accumulated per optimizer step (global batch: micro x accum x ranks).
     grad_accum_steps: int = 1
-    # Peak learning rate (AdamW), reached after warmup_steps.
-    lr: float = 1.0e-5
+    # Peak learning rate (AdamW), reached after warmup_steps. Higher than a policy's: the fresh head
+    # (RewardModel.init_head) and the backbone must learn the preference within a few dozen steps.
+    lr: float = 5.0e-5
     # Optimizer steps of linear warm-up; 0 for a constant rate.
     warmup_steps: int = 0
     # Decoupled weight decay.

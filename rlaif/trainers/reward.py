@@ -83,11 +83,7 @@ class RewardModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_path: str, pad_token_id: int, dtype: torch.dtype) -> RewardModel:
-        """Load a reward model, or start one from a causal LM (its head then starts at zero).
-
-        A zero head gives every text reward 0 at first, so the first loss is the
-        labels' cross-entropy against p = 0.5 and no random head skews early steps.
-        """
+        """Load a reward model, or start one from a causal LM with a fresh head (`init_head`)."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         config = AutoConfig.from_pretrained(model_path)
@@ -98,10 +94,25 @@ class RewardModel(torch.nn.Module):
         model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=dtype)
         reward_model = cls(model)
         if fresh:
-            with torch.no_grad():
-                for param in reward_model.head.parameters():
-                    param.zero_()
+            reward_model.init_head()
         return reward_model
+
+    def init_head(self) -> None:
+        """Draw the fresh head's weights from N(0, (1 / (hidden_size + 1))²), biases 0.
+
+        Small enough that every reward starts near 0 (the first loss is close to the labels'
+        cross-entropy at p = 0.5), but not zero: a zero head passes no gradient to the
+        backbone (d reward / d hidden = the head's weights), so only the head itself would
+        learn at first, and at a fine-tuning learning rate the loss stayed at ln 2. The scale
+        is the one OpenRLHF gives its value heads. Drawn from torch's global generator, which
+        the trainers seed.
+        """
+        with torch.no_grad():
+            for name, param in self.head.named_parameters():
+                if name.endswith("bias"):
+                    param.zero_()
+                else:
+                    param.normal_(mean=0.0, std=1.0 / (param.shape[-1] + 1))
 
     def forward(
         self,
@@ -175,8 +186,8 @@ class RewardTrainer:
         seed: int = 0,
         max_len: int = 1024,
     ) -> None:
-        """As `rlaif.trainers.sft.SFTTrainer`; `model_path` is a causal LM (a zero-initialised head is
-        added) or a saved reward model; `max_len` keeps the last tokens of longer texts."""
+        """As `rlaif.trainers.sft.SFTTrainer`; `model_path` is a causal LM (a fresh head is added,
+        `RewardModel.init_head`) or a saved reward model; `max_len` keeps the last tokens of longer texts."""
         from transformers import AutoTokenizer
 
         # Resolved before joining the group, so a bad path fails fast instead of at rendezvous.

@@ -97,7 +97,7 @@ def test_reward_model_trains_in_bf16_on_gpu(gpu_tiny_model: Path) -> None:
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
-    assert losses[0] == pytest.approx(0.6931, abs=1e-2)  # zero head: every reward 0, p = 0.5
+    assert losses[0] == pytest.approx(0.6931, abs=0.05)  # small fresh head: every reward near 0, p near 0.5
     assert losses[-1] < 0.2 * losses[0]
 
 

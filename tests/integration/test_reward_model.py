@@ -2,9 +2,10 @@
 
 The synthetic judge prefers the response that ends with a marker word ("banana")
 over one that ends with another word, at p = 0.9 from whichever slot holds it. A
-reward model that reads the end of the conversation can learn this, so its loss
-must fall and its held-out accuracy against the majority label must clearly
-beat 0.5; the saved folder must score the same through `RewardScorer`.
+reward model that reads the end of the conversation can learn this, so at the
+default learning rate and step budget its loss must fall and its held-out accuracy
+against the majority label must reach 0.9; the saved folder must score the same
+through `RewardScorer`.
 """
 
 from __future__ import annotations
@@ -62,9 +63,6 @@ def test_reward_model_learns_a_learnable_preference(tiny_model: Path, tmp_path: 
         [
             f"model.name={tiny_model}",
             f"run_dir={tmp_path / 'run'}",
-            "reward_model.steps=16",
-            "reward_model.micro_batch_size=4",
-            "reward_model.lr=1e-3",
             "reward_model.max_len=128",
             "reward_model.checkpoint_every=8",
             "cluster.reward_trainer.num_workers=2",
@@ -81,12 +79,14 @@ def test_reward_model_learns_a_learnable_preference(tiny_model: Path, tmp_path: 
     steps = list(read_jsonl(out / "steps.jsonl"))
     assert [s["id"] for s in steps] == [f"step-{i}" for i in range(1, 17)]
     before, after = manifest["heldout_before"], manifest["heldout_after"]
-    # The head starts at zero: every reward is 0, so the first loss is the labels' cross-entropy at p = 0.5.
-    assert before["loss"] == pytest.approx(0.6931, abs=1e-3)
+    # The fresh head is small (RewardModel.init_head): every reward starts near 0, so the first loss is
+    # close to the labels' cross-entropy at p = 0.5, ln 2.
+    assert before["loss"] == pytest.approx(0.6931, abs=0.02)
     assert after["loss"] < before["loss"] - 0.1
     first, last = sum(s["loss"] for s in steps[:4]) / 4, sum(s["loss"] for s in steps[-4:]) / 4
     assert last < first
-    assert after["accuracy"] >= 0.8, manifest
+    # At the default learning rate and step budget (issue: >= 0.9 on a set with known preferences).
+    assert after["accuracy"] >= 0.9, manifest
     assert 0.0 <= after["ece"] <= 1.0
     assert not (out / "checkpoints").exists()  # spent once the model folder is in place
 

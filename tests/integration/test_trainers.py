@@ -283,9 +283,9 @@ def test_reward_group_learns_a_soft_preference(embedded_model: Path, tmp_path: P
             for i in range(0, len(train), 8)
         ]
         after = group.run("evaluate", [(s,) for s in group.shard(held_out, drop_remainder=False)])[0]
-        # A zero-initialised head starts every pair at p = 0.5, loss log 2; the floor for labels
-        # of 0.8 / 0.2 is their entropy, 0.500.
-        assert before["loss"] == pytest.approx(0.6931, abs=1e-3)
+        # The small fresh head (RewardModel.init_head) starts every pair near p = 0.5, loss near
+        # log 2; the floor for labels of 0.8 / 0.2 is their entropy, 0.500.
+        assert before["loss"] == pytest.approx(0.6931, abs=0.02)
         assert sum(losses[-4:]) / 4 < losses[0] - 0.1, losses
         assert after["accuracy"] > 0.75, after
         assert after["loss"] < before["loss"] - 0.1, after
