@@ -344,12 +344,16 @@ class PPOConfig:
     samples_per_prompt: int = 1
     # Longest response, in tokens.
     max_new_tokens: int = 48
+    # Added to the score of a response that ran out of tokens without an end of sequence (<= 0;
+    # 0 turns it off); the reward model also sees such a response without its end-of-turn markup.
+    missing_eos_penalty: float = -1.0
     # Sampling temperature (> 0, top-p 1); the learner's log-probs use the same tempered distribution.
     temperature: float = 1.0
     # Passes over each iteration's samples.
     ppo_epochs: int = 1
-    # Samples per optimizer step, over all learner ranks.
-    mini_batch_size: int = 8
+    # Samples per optimizer step, over all learner ranks. Below the batch (prompts_per_iteration x
+    # samples_per_prompt), so each batch takes several steps and PPO's ratio and clip act.
+    mini_batch_size: int = 4
     # Samples per forward/backward on one learner rank (mini-batches accumulate these).
     micro_batch_size: int = 4
     # Adam learning rate of the policy.
@@ -377,12 +381,18 @@ class PPOConfig:
     # Where the rollout-time (old) log-probs come from. learner: a policy forward pass on the
     # learner; engine: the rollout engine's own sampling log-probs (one forward pass less per
     # sample, as TRL's PPO reuses its generation logits); auto: engine when the learner and the
-    # engines both run float32, where the two agree to ~4e-5 nats, else learner (bf16 kernels differ).
+    # engines both run float32, where the two agree to ~4e-5 nats, and tis_cap is 0, else learner
+    # (bf16 kernels differ). The measured gap is logged as logprob_mismatch_abs / _kl.
     old_logprobs: str = "auto"
-    # Critic forward passes per sample. twice: one at rollout time (the values for the
-    # advantages) and one in the update; once: the rollout-time pass keeps its graph and the
-    # update backpropagates through it, as the update's own pass would compute the very same
-    # values (needs ppo_epochs 1, one mini-batch per iteration, ZeRO stage < 3; the critic's
+    # Truncated importance sampling cap C (0: off; else >= 1, e.g. 2): each token's policy loss is
+    # weighted by min(π_old / π_engine, C), correcting for the engine sampling from a slightly
+    # different distribution than the learner's (Yao et al. 2025). Needs old_logprobs learner or auto.
+    tis_cap: float = 0.0
+    # Critic forward passes per sample. twice (PPO's own): one at rollout time (the values for the
+    # advantages) and one in each update step; once, a shortcut for an update of a single optimizer
+    # step: the rollout-time pass keeps its graph and the update backpropagates through it, as the
+    # update's own pass would compute the very same values (needs ppo_epochs 1, one mini-batch per
+    # iteration, so not the default mini_batch_size, and ZeRO stage < 3; the critic's
     # activations for the whole shard are held until the update, and it trains in eval mode,
     # without dropout, as TRL's PPO does by default); auto: once where those hold and
     # engine.device is cpu (host memory is ample), else twice.
@@ -414,7 +424,7 @@ class PPOConfig:
         for name in ("mini_batch_size", "micro_batch_size", "sync_bucket_mb", "kl_horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("grad_clip", "entropy_coef", "kl_coef", "checkpoint_every", "log_samples", "vf_coef"):
+        for name in ("grad_clip", "entropy_coef", "kl_coef", "checkpoint_every", "log_samples", "vf_coef", "tis_cap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("temperature", "actor_lr", "critic_lr", "clip_eps", "value_clip", "kl_target"):
@@ -435,6 +445,15 @@ class PPOConfig:
             raise ValueError(
                 f"ppo: prompts_per_iteration x samples_per_prompt = {samples} "
                 f"must be a multiple of mini_batch_size ({self.mini_batch_size})"
+            )
+        if self.missing_eos_penalty > 0:
+            raise ValueError(f"ppo.missing_eos_penalty must be <= 0 (0: off), got {self.missing_eos_penalty}")
+        if 0 < self.tis_cap < 1:
+            raise ValueError(f"ppo.tis_cap must be 0 (off) or >= 1, got {self.tis_cap}")
+        if self.tis_cap and self.old_logprobs == "engine":
+            raise ValueError(
+                "ppo.tis_cap > 0 weighs the learner's old log-probs against the engine's, but ppo.old_logprobs=engine "
+                "makes them the same; set ppo.old_logprobs to learner or auto, or ppo.tis_cap=0"
             )
         checks = {
             "kl_estimator": (self.kl_estimator, ("k1", "k2", "k3")),
@@ -464,6 +483,9 @@ class EvalConfig:
     judge_model: str | None = None
     # Example responses logged as a table.
     log_samples: int = 4
+    # Also ask the feedback model "does this response decline the request?" of every response and report
+    # refusal_rate_judge beside the phrase-based refusal rate (rlaif.core.refusal); costs one judge pass.
+    refusal_judge: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_red_team", "num_helpful", "log_samples"):

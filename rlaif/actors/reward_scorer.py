@@ -6,6 +6,9 @@ loads the Hugging Face folder the `reward_model` stage writes
 each reward exactly as `rlaif.trainers.reward.RewardTrainer` did in training: the
 prompt and response rendered with the chat template, the head applied at the last
 real token, over right-padded batches, long texts keeping their last `max_len` tokens.
+A response cut off at the token limit (`finished` False) is rendered without the
+template's end-of-turn markup: the reward model sees an answer that stops mid-way,
+not a complete one that happens to end there (`render_unfinished`).
 
     scorer = RewardScorer("runs/smoke/reward_model/model")
     scorer.score(["How do I pick a lock?"], ["I can't help with that."])   # [0.42]
@@ -14,6 +17,7 @@ real token, over right-padded batches, long texts keeping their last `max_len` t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -22,6 +26,20 @@ from rlaif.trainers.distributed import pad_token_id
 from rlaif.trainers.reward import RewardModel, render_conversation, right_padded
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A placeholder reply that no chat template alters, marking where the assistant's text starts.
+_MARK = "\u2063rlaif-response\u2063"
+
+
+def render_unfinished(tokenizer: Any, prompt_messages: Sequence[Message], response: str) -> str:
+    """The conversation with `response` as an assistant turn that was never closed.
+
+    Rendered with the chat template around a placeholder reply, cut where the placeholder
+    starts, then `response` appended: everything the template puts before an assistant
+    turn in a finished conversation (which may differ from its generation prompt), and
+    none of the end-of-turn text it puts after it.
+    """
+    text = render_conversation(tokenizer, prompt_messages, _MARK)
+    return text[: text.rindex(_MARK)] + response
 
 
 class RewardScorer:
@@ -41,17 +59,27 @@ class RewardScorer:
         self.model.eval()
         self.batch_size, self.max_len = batch_size, max_len
 
-    def render(self, prompt: Prompt, response: str) -> str:
-        """The conversation as the reward model saw it in training; a string prompt is one user turn."""
+    def render(self, prompt: Prompt, response: str, finished: bool = True) -> str:
+        """The conversation as the reward model saw it in training; a string prompt is one user turn.
+
+        An unfinished response (cut off at the token limit) keeps its turn open (`render_unfinished`).
+        """
         messages = [Message("user", prompt)] if isinstance(prompt, str) else list(prompt)
-        return render_conversation(self.tokenizer, messages, response)
+        render = render_conversation if finished else render_unfinished
+        return render(self.tokenizer, messages, response)
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        """Rewards of each response to its prompt, in order."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"need one response per prompt, got {len(prompts)} prompts and {len(responses)}")
-        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+    def score(
+        self, prompts: Sequence[Prompt], responses: Sequence[str], finished: Sequence[bool] | None = None
+    ) -> list[float]:
+        """Rewards of each response to its prompt, in order; `finished` (default: all True) as in `render`."""
+        done = [True] * len(responses) if finished is None else list(finished)
+        if not len(prompts) == len(responses) == len(done):
+            raise ValueError(
+                f"need one response and finished flag per prompt, got {len(prompts)} prompts, "
+                f"{len(responses)} responses and {len(done)} flags"
+            )
+        texts = [self.render(p, r, f) for p, r, f in zip(prompts, responses, done, strict=True)]
         rewards: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             rewards.extend(self.score_texts(texts[start : start + self.batch_size]).tolist())

@@ -69,6 +69,9 @@ class ExperienceBatch(NamedTuple):
         advantages: (batch, response_len) GAE advantages (whitened if asked), 0 on padding.
         returns: (batch, response_len) value targets, 0 on padding.
         policy_version: (batch,) long, the policy version that sampled each response.
+        behaviour_logprobs: (batch, response_len) the rollout engine's sampling log-probs of
+            the tokens (the behaviour distribution), for truncated importance sampling and the
+            rollout/learner mismatch; equal to `old_logprobs` where those are the engine's.
     """
 
     prompt_ids: torch.Tensor
@@ -83,6 +86,7 @@ class ExperienceBatch(NamedTuple):
     advantages: torch.Tensor
     returns: torch.Tensor
     policy_version: torch.Tensor
+    behaviour_logprobs: torch.Tensor
 
     def rollout(self) -> RolloutBatch:
         """The token ids and masks alone, for a forward pass."""
@@ -217,6 +221,7 @@ def make_experience(
     gamma: float,
     lam: float,
     whiten_advantages: bool,
+    behaviour_logprobs: torch.Tensor | None = None,
 ) -> tuple[ExperienceBatch, torch.Tensor]:
     """Rewards, advantages and returns for one batch of samples (InstructGPT eq. 2 + GAE).
 
@@ -237,6 +242,8 @@ def make_experience(
         gamma: discount.
         lam: GAE λ.
         whiten_advantages: normalise advantages to mean 0, variance 1 over real tokens.
+        behaviour_logprobs: (batch, response_len) the engine's sampling log-probs (wider
+            is cut); None: the policy's log-probs in `outputs` are themselves the engine's.
 
     Returns:
         The `ExperienceBatch` and the (batch,) per-sequence KL (unscaled by β),
@@ -259,6 +266,7 @@ def make_experience(
         advantages=advantages,
         returns=returns,
         policy_version=policy_version.long(),
+        behaviour_logprobs=logprobs if behaviour_logprobs is None else behaviour_logprobs[:, :width],
     )
     return batch, shaped.kl
 

@@ -8,6 +8,11 @@
   for language models by Ziegler et al. 2019 (arXiv 1909.08593).
 - ``entropy_from_logits``: the policy's mean token entropy, for monitoring
   or an entropy bonus.
+- ``truncated_is_weights``: per-token truncated importance weights from the
+  rollout engine's (behaviour) distribution to the learner's π_old (Ionides
+  2008; Yao et al. 2025).
+- ``logprob_mismatch``: how far the engine's sampling log-probs are from the
+  learner's for the same tokens at the same weights.
 
 All functions are pure and average over real response tokens only (``mask``).
 """
@@ -61,12 +66,45 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torc
     return -per_pair.mean()
 
 
+class TISWeights(NamedTuple):
+    """Truncated importance weights (detached), each (batch, response_len).
+
+    Attributes:
+        weights: ``min(exp(old_logprobs - behaviour_logprobs), cap)``.
+        clipped: True where the untruncated weight exceeded ``cap``.
+    """
+
+    weights: torch.Tensor
+    clipped: torch.Tensor
+
+
+class LogprobMismatch(NamedTuple):
+    """Sums over real response tokens of the engine-vs-learner log-prob gap; they add over batches and ranks.
+
+    Attributes:
+        abs_diff: sum of ``|learner - engine|``.
+        k3: sum of ``r - 1 - log r`` with ``r = exp(learner - engine)``: its mean is
+            Schulman's k3 estimate of KL(engine || learner) from tokens the engine sampled.
+        tokens: how many tokens were summed.
+    """
+
+    abs_diff: float
+    k3: float
+    tokens: float
+
+    def means(self) -> tuple[float, float]:
+        """Mean absolute difference and mean KL per token (0 and 0 over no tokens)."""
+        n = max(self.tokens, 1.0)
+        return self.abs_diff / n, self.k3 / n
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, PPOLossStats]:
     """Clipped surrogate policy loss (Schulman et al. 2017, eq. 7), negated to minimise.
 
@@ -76,6 +114,10 @@ def ppo_policy_loss(
     no credit for moving the ratio past ``1 ± eps`` in the advantage's
     direction.
 
+    With ``is_weights`` each token's loss is multiplied by its (detached)
+    weight: truncated importance sampling from the distribution that sampled
+    the tokens to the π_old the ratio is taken against (`truncated_is_weights`).
+
     Args:
         logprobs: (batch, response_len) log-probs of the sampled tokens under
             the policy being trained (carries the gradient).
@@ -84,6 +126,7 @@ def ppo_policy_loss(
         advantages: (batch, response_len) per-token advantages, e.g. from GAE.
         mask: (batch, response_len) True / 1 on real response tokens.
         clip_eps: clip range ε, e.g. 0.2.
+        is_weights: (batch, response_len) per-token weights, or None for 1.
 
     Returns:
         The masked-mean loss (0-dim) and its ``PPOLossStats``.
@@ -92,13 +135,65 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         stats = PPOLossStats(
             clip_fraction=masked_mean((clipped > unclipped).to(ratio.dtype), mask),
             approx_kl=masked_mean((ratio - 1.0) - log_ratio, mask),
         )
     return loss, stats
+
+
+def truncated_is_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float) -> TISWeights:
+    """Per-token truncated importance weights ``min(π_old / μ, cap)``.
+
+    The rollout engine samples from μ, which differs from the learner's π_old at the same
+    weights (other kernels, other precision); PPO's ratio is taken against π_old, so the
+    tokens are off-policy for it. Weighting each token's loss by π_old / μ corrects for
+    that, and truncating the weight at ``cap`` bounds its variance (Ionides 2008,
+    "Truncated Importance Sampling"; Yao et al. 2025, "Your Efficient RL Framework Secretly
+    Brings You Off-Policy RL Training").
+
+    Args:
+        old_logprobs: (batch, response_len) the learner's log-probs of the sampled tokens
+            at rollout time (π_old).
+        behaviour_logprobs: (batch, response_len) the engine's sampling log-probs of the
+            same tokens (μ).
+        cap: the truncation C > 0, e.g. 2.
+
+    Returns:
+        Detached ``TISWeights``; padding gets whatever its log-probs give (mask it).
+    """
+    with torch.no_grad():
+        raw = torch.exp(old_logprobs - behaviour_logprobs)
+        return TISWeights(weights=raw.clamp(max=cap), clipped=raw > cap)
+
+
+def logprob_mismatch(
+    learner_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor
+) -> LogprobMismatch:
+    """How far the engine's sampling log-probs are from the learner's, summed over real tokens.
+
+    Both are log-probs of the same sampled tokens under the same weights, so in exact
+    arithmetic they agree; the gap measures the rollout/learner mismatch that makes
+    "on-policy" samples slightly off-policy (Yao et al. 2025). The KL term is the k3
+    estimator (Schulman 2020, "Approximating KL divergence") of KL(engine || learner):
+    tokens are drawn from the engine, and ``r = exp(learner - engine)`` is the ratio of
+    the two probabilities, so ``r - 1 - log r >= 0`` is unbiased for it.
+
+    Args:
+        learner_logprobs: (batch, response_len) the learner's log-probs.
+        engine_logprobs: (batch, response_len) the engine's sampling log-probs.
+        mask: (batch, response_len) True / 1 on real response tokens.
+    """
+    with torch.no_grad():
+        keep = mask.bool()
+        diff = (learner_logprobs.float() - engine_logprobs.float())[keep]
+        k3 = torch.expm1(diff) - diff
+        return LogprobMismatch(float(diff.abs().sum()), float(k3.sum()), float(keep.sum()))
 
 
 def value_loss(

@@ -16,11 +16,16 @@ from typing import NamedTuple
 
 
 class RewardSample(NamedTuple):
-    """One response to score: the prompt text, the response text and its token ids."""
+    """One response to score: the prompt text, the response text and its token ids.
+
+    `finished` is False for a response cut off at the token limit before its end-of-sequence
+    token: the reward model must not read it as a complete answer (`rlaif.actors.reward_scorer`).
+    """
 
     prompt: str
     response: str
     response_token_ids: tuple[int, ...]
+    finished: bool = True
 
 
 RuleReward = Callable[[Sequence[RewardSample]], list[float]]
@@ -47,6 +52,24 @@ def _token_count_from_arg(arg: str) -> RuleReward:
 RULE_REWARDS: dict[str, Callable[[str], RuleReward]] = {
     "token_count": _token_count_from_arg,
 }
+
+
+def apply_missing_eos_penalty(scores: Sequence[float], finished: Sequence[bool], penalty: float) -> list[float]:
+    """`scores` with `penalty` added to each response that ran out of tokens without an end of sequence.
+
+    A truncated response is not an answer, whatever it scores: without a penalty the policy
+    can learn to ramble up to the limit when the reward model likes long openings. A fixed
+    penalty for a missing EOS token is the fix of Huang et al. 2024 ("The N+ Implementation
+    Details of RLHF with PPO", arXiv 2403.17031; TRL's ``missing_eos_penalty``).
+
+    Args:
+        scores: one score per response (reward model or rule).
+        finished: one flag per response, False where the response hit the token limit.
+        penalty: added to unfinished responses' scores; 0 leaves every score as it is.
+    """
+    if len(scores) != len(finished):
+        raise ValueError(f"need one finished flag per score, got {len(finished)} for {len(scores)}")
+    return [s if done else s + penalty for s, done in zip(scores, finished, strict=True)]
 
 
 def build_rule_reward(spec: str) -> RuleReward:

@@ -91,12 +91,19 @@ class Completion:
 
     `logprobs[i]` is the log-probability of `token_ids[i]` under the sampling
     distribution (after temperature and top-p), the same quantity on both backends.
+    `finish_reason` is "stop" where the model ended the text itself (an end-of-sequence
+    token or a stop string) and "length" where it ran into `max_new_tokens`.
     """
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: str
+
+    @property
+    def finished(self) -> bool:
+        """Whether the model ended the response itself; False for one cut off at the token limit."""
+        return self.finish_reason == "stop"
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ class TransformersEngine:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         )
+        # `generate` stops at any of the generation config's EOS ids, which may be several.
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = {*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id} - {None}
         self.policy_version = 0
         self._counter = ThroughputCounter()
 
@@ -98,10 +101,10 @@ class TransformersEngine:
 
     def _completion(self, tokens: torch.Tensor, token_lp: torch.Tensor, params: SamplingParams) -> Completion:
         ids = tokens.tolist()
-        eos = self.tokenizer.eos_token_id
         length, reason = len(ids), "length"
-        if eos in ids:
-            length, reason = ids.index(eos) + 1, "stop"
+        ends = [i for i, t in enumerate(ids) if t in self.eos_ids]
+        if ends:
+            length, reason = ends[0] + 1, "stop"
         ids = ids[:length]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         text, stopped = truncate_at_stop(text, params.stop)

@@ -63,7 +63,7 @@ class RewardModelScorer:
     def score(self, samples: Sequence[RewardSample]) -> list[float]:
         shards = split_evenly(samples, len(self.pool))
         refs = [
-            actor.score.remote([s.prompt for s in shard], [s.response for s in shard])
+            actor.score.remote([s.prompt for s in shard], [s.response for s in shard], [s.finished for s in shard])
             for actor, shard in zip(self.pool.actors, shards, strict=True)
             if shard
         ]
@@ -127,14 +127,22 @@ def sync_backend(run: RunConfig) -> str:
 
 
 def uses_engine_logprobs(run: RunConfig) -> bool:
-    """Whether the old log-probs are the rollout engines' sampling log-probs (`ppo.old_logprobs`)."""
+    """Whether the old log-probs are the rollout engines' sampling log-probs (`ppo.old_logprobs`).
+
+    `auto` picks the engines' where both sides run float32 and no truncated importance
+    sampling is asked for (`ppo.tis_cap`), which needs the learner's own π_old beside them.
+    """
     if run.ppo.old_logprobs == "auto":
-        return not run.deepspeed.bf16 and run.engine.dtype == "float32"
+        return not run.deepspeed.bf16 and run.engine.dtype == "float32" and not run.ppo.tis_cap
     return run.ppo.old_logprobs == "engine"
 
 
 def reuses_value_forward(run: RunConfig) -> bool:
     """Whether the update trains the critic on its rollout-time passes (`ppo.value_forward`).
+
+    A shortcut valid only where the update is a single optimizer step in a single epoch:
+    then the critic's first training pass would recompute the rollout-time values exactly.
+    PPO's default of several mini-batches per batch rules it out, and `auto` then picks twice.
 
     Raises:
         ValueError: `once` where the update is not one optimizer step of one epoch, or under ZeRO-3.
@@ -218,9 +226,10 @@ class PPORoles:
 
     def __init__(self, run: RunConfig, paths: ModelPaths) -> None:
         self.colocated = run.ppo.placement == "colocated"
-        # The engines return their sampling log-probs, which stand in for the learner's (`policy_outputs`).
+        # The engines' sampling log-probs stand in for the learner's old log-probs (`policy_outputs`).
         self.engine_logprobs = uses_engine_logprobs(run)
-        # The update trains the critic on its rollout-time passes (one critic pass per sample).
+        # The update trains the critic on its rollout-time passes (one critic pass per sample; only
+        # where the update is one optimizer step of one epoch, `reuses_value_forward`).
         self.keep_value_graph = reuses_value_forward(run)
         learner_spec, rollout_spec, scorer_spec = role_specs(run)
         backend = sync_backend(run)
@@ -261,7 +270,8 @@ class PPORoles:
 
         With `engine_logprobs` (batch, response_len), the engines' sampling log-probs stand in
         for the policy's and the learner skips that forward pass (`ppo.old_logprobs`). With
-        `ppo.value_forward` once, the ranks keep their critic passes for the next `train`.
+        `ppo.value_forward` once (one-step updates only), the ranks keep their critic passes
+        for the next `train`.
         """
         world = self.learner.world_size
         shards = split_batch(rollout, world)
@@ -282,6 +292,7 @@ class PPORoles:
             cfg.value_clip,
             cfg.vf_coef,
             cfg.entropy_coef,
+            cfg.tis_cap,
         )
         stats: PPOTrainStats = self.learner.run("train", [(shard, *args) for shard in split_batch(experience, world)])[
             0

@@ -3,14 +3,18 @@
 Every iteration is one pass of the algorithm (`ppo_iteration`):
 
 1. take a batch of training prompts (red-team, plus a share of helpfulness prompts);
-2. the rollout engines sample responses; each sample records its policy version;
-3. the reward scorers score them (the reward model, or a registered rule reward);
+2. the rollout engines sample responses with their sampling log-probs; each sample records
+   its policy version and whether it finished (an end of sequence before ``ppo.max_new_tokens``);
+3. the reward scorers score them (the reward model, or a registered rule reward); a response
+   that ran out of tokens is scored as unfinished and pays ``ppo.missing_eos_penalty``;
 4. the learner group computes reference log-probs, values and the policy's log-probs (or takes
    the engines' sampling log-probs for those, `ppo.old_logprobs`: float32 runs by default);
 5. per-token KL-penalised rewards, GAE and advantage whitening (`rlaif.core.experience`);
-6. PPO epochs on the learner group;
+6. PPO epochs on the learner group, several optimizer steps per batch (``ppo.mini_batch_size``),
+   each token's loss optionally weighted by truncated importance sampling (``ppo.tis_cap``);
 7. weight sync, learner rank 0 -> every rollout engine;
-8. metrics (reward, KL, entropy, losses, time split) to the sink and ``metrics.jsonl``.
+8. metrics (reward, KL, entropy, losses, the engine-vs-learner log-prob mismatch, the share of
+   unfinished responses, time split) to the sink and ``metrics.jsonl``.
 
 Outputs under ``<run_dir>/rl_cai/``: ``policy/`` (Hugging Face folder), ``metrics.jsonl``
 (one row per iteration), ``samples.jsonl`` (every sampled response with its score and
@@ -37,8 +41,9 @@ from rlaif.config import PPOConfig, RunConfig
 from rlaif.core.advantages import AdaptiveKLController, FixedKLController, KLController, KLKind
 from rlaif.core.experience import collate_rollouts, experience_stats, make_experience
 from rlaif.core.io import append_jsonl, read_jsonl, write_manifest
+from rlaif.core.losses import logprob_mismatch
 from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
-from rlaif.core.rewards import RewardSample
+from rlaif.core.rewards import RewardSample, apply_missing_eos_penalty
 from rlaif.core.schedule import cycled_batches
 from rlaif.engines.base import Completion, Generation, Message, SamplingParams
 from rlaif.stages.pipeline import StageContext
@@ -131,17 +136,27 @@ def ppo_iteration(
     with timer("generation"):
         samples, restarts = sample_fresh(roles, records, cfg)
     roles.engines_sleep()
+    finished = [s.completion.finished for s in samples]
     with timer("scoring"):
         scores = roles.scorer.score(
-            [RewardSample(s.record.prompt, s.completion.text, s.completion.token_ids) for s in samples]
+            [
+                RewardSample(s.record.prompt, s.completion.text, s.completion.token_ids, s.completion.finished)
+                for s in samples
+            ]
         )
+        scores = apply_missing_eos_penalty(scores, finished, cfg.missing_eos_penalty)
     with timer("learner_forward"):
         # Any pad id will do: padding is masked everywhere.
         rollout = collate_rollouts(
             [s.generation.prompt_token_ids for s in samples], [s.completion.token_ids for s in samples], 0
         )
-        given = engine_logprobs(samples, rollout.response_ids.shape[1]) if roles.engine_logprobs else None
-        outputs = roles.policy_outputs(rollout, given)
+        behaviour = engine_logprobs(samples, rollout.response_ids.shape[1])
+        outputs = roles.policy_outputs(rollout, behaviour if roles.engine_logprobs else None)
+        # With the learner's own old log-probs, the whole batch measures the mismatch here, at the
+        # sampling weights; otherwise the learner measures it before its first optimizer step.
+        rollout_mismatch = (
+            None if roles.engine_logprobs else logprob_mismatch(outputs.logprobs, behaviour, rollout.response_mask)
+        )
         versions = torch.tensor([s.generation.policy_version for s in samples])
         kl_kind: KLKind = cfg.kl_estimator  # type: ignore[assignment]
         experience, seq_kl = make_experience(
@@ -154,6 +169,7 @@ def ppo_iteration(
             cfg.gamma,
             cfg.lam,
             cfg.whiten_advantages,
+            behaviour_logprobs=behaviour,
         )
     with timer("training"):
         train = roles.train(experience, cfg)
@@ -162,6 +178,7 @@ def ppo_iteration(
     roles.engines_wake()
     with timer("sync"):
         sync = roles.sync.push(iteration + 1)
+    mismatch_abs, mismatch_kl = (train.mismatch if rollout_mismatch is None else rollout_mismatch).means()
     metrics = {
         "id": f"iteration-{iteration}",
         "iteration": iteration,
@@ -175,7 +192,11 @@ def ppo_iteration(
         "response_length": stats.response_length_mean,
         "value_mean": stats.value_mean,
         "return_mean": stats.return_mean,
-        **{k: v for k, v in train._asdict().items() if k != "seconds"},
+        "unfinished_fraction": 1.0 - sum(finished) / len(samples),
+        **{k: v for k, v in train._asdict().items() if k not in ("seconds", "mismatch")},
+        # The engines' sampling log-probs against the learner's, same tokens, same weights.
+        "logprob_mismatch_abs": mismatch_abs,
+        "logprob_mismatch_kl": mismatch_kl,
         "sync_bytes": sync.bytes,
         "sync_buckets": sync.buckets,
         "sync_send_s": sync.send_seconds,
@@ -212,12 +233,10 @@ def sample_responses(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfi
     """`samples_per_prompt` responses per prompt from the rollout engines, flattened in prompt order."""
     # No per-request seed: vLLM would give every prompt of the batch the same random stream, and the
     # samples of different prompts would move in lockstep. The engine's own seeded generator is used.
-    # The engines return their sampling log-probs only where they stand in for the learner's.
+    # The engines always return their sampling log-probs (they cost nothing extra): they are the old
+    # log-probs with ppo.old_logprobs=engine, and otherwise the behaviour side of TIS and the mismatch.
     params = SamplingParams(
-        n=cfg.samples_per_prompt,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens,
-        logprobs=roles.engine_logprobs,
+        n=cfg.samples_per_prompt, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, logprobs=True
     )
     chats = [[Message("user", r.prompt)] for r in records]
     generations: list[Generation] = roles.rollout.map_shards("generate", chats, params)
@@ -232,14 +251,14 @@ def engine_logprobs(samples: list[Sample], width: int) -> torch.Tensor:
         if len(lps) != len(s.completion.token_ids):
             raise RuntimeError(
                 f"rl_cai: the engine returned {len(lps)} log-probs for {len(s.completion.token_ids)} tokens "
-                f"(prompt {s.record.id!r}); set ppo.old_logprobs=learner"
+                f"(prompt {s.record.id!r})"
             )
         out[row, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
     return out
 
 
 def sample_rows(samples: list[Sample], scores: list[float], iteration: int, per_prompt: int) -> list[dict[str, Any]]:
-    """samples.jsonl rows: each response with its score and the policy version that wrote it."""
+    """samples.jsonl rows: each response, its score (penalty included), whether it finished, its policy version."""
     return [
         {
             "id": f"{iteration}:{s.record.id}:{k % per_prompt}",
@@ -248,6 +267,8 @@ def sample_rows(samples: list[Sample], scores: list[float], iteration: int, per_
             "prompt": s.record.prompt,
             "response": s.completion.text,
             "tokens": len(s.completion.token_ids),
+            # False: cut off at ppo.max_new_tokens without an end of sequence.
+            "finished": s.completion.finished,
             "score": score,
             "policy_version": s.generation.policy_version,
         }

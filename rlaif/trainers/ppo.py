@@ -12,15 +12,20 @@
 The driver calls `logprobs_and_values` on rank shards of a `RolloutBatch`, builds the
 advantages itself over the global batch (`rlaif.core.experience.make_experience`),
 then `train` on rank shards of the `ExperienceBatch`: clipped surrogate
-(`ppo_policy_loss`), clipped value loss, an optional entropy bonus, for
-`ppo_epochs` passes in shuffled mini-batches. Log-probs are of the logits divided by
-the sampling temperature: the distribution the rollout engines sampled from.
+(`ppo_policy_loss`, optionally with truncated importance weights, `ppo.tis_cap`),
+clipped value loss, an optional entropy bonus, for `ppo_epochs` passes in shuffled
+mini-batches, several optimizer steps per batch. Log-probs are of the logits divided
+by the sampling temperature: the distribution the rollout engines sampled from.
 
-When the update is one optimizer step over the shard in one epoch, the critic's first
-training forward pass would compute exactly the values it computed at rollout time, so
-`logprobs_and_values(keep_value_graph=True)` keeps that pass's graph and `train` backpropagates
-the value loss through it: one critic forward pass per sample instead of two
-(`ppo.value_forward=once`).
+Before the first optimizer step of an update the actor still has the weights that
+sampled the batch, so `train` compares its log-probs there with the engines'
+(`logprob_mismatch`): the rollout/learner mismatch, measured without an extra pass.
+
+A shortcut for updates of one optimizer step over the shard in one epoch (not PPO's
+default): the critic's first training forward pass would then compute exactly the values
+it computed at rollout time, so `logprobs_and_values(keep_value_graph=True)` keeps that
+pass's graph and `train` backpropagates the value loss through it: one critic forward
+pass per sample instead of two (`ppo.value_forward=once`).
 
 Weight sync (DESIGN §5): rank 0 joins a broadcast group with the rollout engines
 (`join_sync_group`); `send_weights` is called on every rank, because under ZeRO-3 each
@@ -47,14 +52,27 @@ from rlaif.core.experience import (
     position_ids_from_mask,
     trim_padding,
 )
-from rlaif.core.losses import entropy_from_logits, ppo_policy_loss, value_loss
+from rlaif.core.losses import (
+    LogprobMismatch,
+    entropy_from_logits,
+    logprob_mismatch,
+    ppo_policy_loss,
+    truncated_is_weights,
+    value_loss,
+)
+from rlaif.core.tensor_ops import masked_mean
 from rlaif.engines.weight_sync import TIMEOUT_S, SyncGroup, SyncStats, send_state
 from rlaif.trainers import distributed as D
 from rlaif.trainers.reward import RewardModel
 
 
 class PPOTrainStats(NamedTuple):
-    """Means over every micro-batch of every rank of one `train` call (grad norms: over optimizer steps)."""
+    """Means over every micro-batch of every rank of one `train` call (grad norms: over optimizer steps).
+
+    `tis_weight_mean` / `tis_clip_fraction`: the truncated importance weights over real tokens
+    (1 and 0 with `tis_cap` 0). `mismatch`: sums over every rank of the actor-vs-engine log-prob
+    gap on the micro-batches before the first optimizer step (`behaviour_logprobs`).
+    """
 
     policy_loss: float
     value_loss: float
@@ -64,6 +82,9 @@ class PPOTrainStats(NamedTuple):
     actor_grad_norm: float
     critic_grad_norm: float
     optimizer_steps: int
+    tis_weight_mean: float
+    tis_clip_fraction: float
+    mismatch: LogprobMismatch
     seconds: float
 
 
@@ -213,11 +234,13 @@ class PPOTrainer:
         value_clip: float,
         vf_coef: float,
         entropy_coef: float,
+        tis_cap: float = 0.0,
     ) -> PPOTrainStats:
         """`ppo_epochs` passes over this rank's shard in shuffled mini-batches; all ranks call together.
 
         `mini_batch_size` is this rank's samples per optimizer step; the DeepSpeed
-        configs' micro-batch size times gradient accumulation must equal it. After
+        configs' micro-batch size times gradient accumulation must equal it. `tis_cap` > 0
+        weights each token's policy loss by min(exp(old - behaviour log-prob), tis_cap). After
         `logprobs_and_values(keep_value_graph=True)` the critic's step backpropagates
         through those passes (in their micro-batches) and the actor's alone runs here.
         """
@@ -238,22 +261,36 @@ class PPOTrainer:
             # First: each backward frees its kept activations before the actor's passes allocate theirs.
             for index, values in held.chunks:
                 self._critic_step(trim_padding(index_batch(experience, index)), values, value_clip, vf_coef, sums)
-        for _ in range(ppo_epochs):
+        for epoch in range(ppo_epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, self.micro_batch_size):
                 micro = trim_padding(index_batch(experience, order[start : start + self.micro_batch_size]))
-                self._actor_step(micro, clip_eps, entropy_coef, sums)
+                # Until the first step the actor has the sampling weights: its log-probs are the learner's π_old.
+                before_first_step = epoch == 0 and start < mini_batch_size
+                self._actor_step(micro, clip_eps, entropy_coef, tis_cap, before_first_step, sums)
                 if held is None:
                     self._critic_step(micro, self._values(micro.rollout()), value_clip, vf_coef, sums)
         self.step += 1
         return sums.reduce(time.perf_counter() - started)
 
-    def _actor_step(self, mb: ExperienceBatch, clip_eps: float, entropy_coef: float, sums: _Sums) -> None:
-        """One forward/backward of the actor; DeepSpeed steps at the accumulation boundary."""
+    def _actor_step(
+        self, mb: ExperienceBatch, clip_eps: float, entropy_coef: float, tis_cap: float, measure: bool, sums: _Sums
+    ) -> None:
+        """One forward/backward of the actor; DeepSpeed steps at the accumulation boundary.
+
+        `measure`: the actor still has the sampling weights, so add its gap to the engine's log-probs.
+        """
         device = self.actor.device
         mask = mb.response_mask.to(device)
         logprobs, logits = self._logprobs(self.actor, mb.rollout())
-        pg_loss, stats = ppo_policy_loss(logprobs, mb.old_logprobs.to(device), mb.advantages.to(device), mask, clip_eps)
+        old, behaviour = mb.old_logprobs.to(device), mb.behaviour_logprobs.to(device)
+        if measure:
+            sums.add_mismatch(logprob_mismatch(logprobs, behaviour, mask))
+        tis = truncated_is_weights(old, behaviour, tis_cap) if tis_cap else None
+        weights = None if tis is None else tis.weights
+        pg_loss, stats = ppo_policy_loss(logprobs, old, mb.advantages.to(device), mask, clip_eps, weights)
+        if tis is not None:
+            sums.add_tis(masked_mean(tis.weights, mask), masked_mean(tis.clipped.float(), mask))
         # The entropy bonus needs the graph only when it is on; it is logged either way.
         with nullcontext() if entropy_coef else torch.no_grad():
             entropy = entropy_from_logits(logits, mask)
@@ -411,11 +448,19 @@ class _Sums:
         self.counts = [0, 0]  # actor and critic micro-batches
         self.norms = [0.0, 0.0]
         self.steps = [0, 0]  # actor and critic optimizer steps
+        self.tis = [0.0, 0.0, 0.0]  # weight mean, clip fraction, micro-batches (0: TIS off)
+        self.mismatch = [0.0, 0.0, 0.0]  # |learner - engine| sum, k3 sum, tokens
 
     def add_policy(self, *metrics: torch.Tensor) -> None:
         for i, m in enumerate(metrics):
             self.policy[i] += float(m.detach())
         self.counts[0] += 1
+
+    def add_tis(self, weight_mean: torch.Tensor, clip_fraction: torch.Tensor) -> None:
+        self.tis = [self.tis[0] + float(weight_mean), self.tis[1] + float(clip_fraction), self.tis[2] + 1]
+
+    def add_mismatch(self, m: LogprobMismatch) -> None:
+        self.mismatch = [a + b for a, b in zip(self.mismatch, m, strict=True)]
 
     def add_value(self, loss: torch.Tensor) -> None:
         self.value += float(loss.detach())
@@ -430,9 +475,10 @@ class _Sums:
         self.steps[1] += 1
 
     def reduce(self, seconds: float) -> PPOTrainStats:
-        totals = D.all_reduce_sums([*self.policy, self.value, *map(float, self.counts)])
+        totals = D.all_reduce_sums([*self.policy, self.value, *self.tis, *self.mismatch, *map(float, self.counts)])
         actor_micro, critic_micro = (max(c, 1.0) for c in totals[-2:])
         policy_loss, entropy, approx_kl, clip_fraction = (v / actor_micro for v in totals[:4])
+        tis_sum, tis_clipped, tis_micro = totals[5:8]
         # Grad norms are global already (identical on every rank): average over this rank's steps.
         return PPOTrainStats(
             policy_loss=policy_loss,
@@ -443,5 +489,9 @@ class _Sums:
             actor_grad_norm=self.norms[0] / max(self.steps[0], 1),
             critic_grad_norm=self.norms[1] / max(self.steps[1], 1),
             optimizer_steps=self.steps[0],
+            # Off, every weight is 1 and none is clipped.
+            tis_weight_mean=tis_sum / tis_micro if tis_micro else 1.0,
+            tis_clip_fraction=tis_clipped / tis_micro if tis_micro else 0.0,
+            mismatch=LogprobMismatch(*totals[8:11]),
             seconds=seconds,
         )

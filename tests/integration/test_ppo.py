@@ -4,7 +4,8 @@
    every engine's greedy output and option log-probs equal the learner's own model's
    (ZeRO-2 with two engines; ZeRO-3 with two ranks, whose shards are gathered per bucket).
 2. A short RL-CAI run with a rule reward (how often one token appears): the mean reward
-   clearly rises.
+   clearly rises, each batch takes several optimizer steps, truncated responses pay the
+   missing-EOS penalty, and the engine-vs-learner log-prob mismatch is logged (and small).
 """
 
 from __future__ import annotations
@@ -117,9 +118,20 @@ def _ppo_update(learner: TrainerGroup, rollout: ActorPool) -> None:
     assert torch.equal(skipped.logprobs, given)
     assert torch.equal(skipped.ref_logprobs, outputs.ref_logprobs) and torch.equal(skipped.values, outputs.values)
     scores = torch.linspace(-1.0, 1.0, len(gens))
-    exp, _ = make_experience(batch, outputs, scores, torch.zeros(len(gens)), 0.0, "k1", 1.0, 0.95, True)
-    stats = learner.run("train", [(s, 1, 4, 0.2, 0.2, 1.0, 0.0) for s in split_batch(exp, learner.world_size)])
+    exp, _ = make_experience(
+        batch, outputs, scores, torch.zeros(len(gens)), 0.0, "k1", 1.0, 0.95, True, behaviour_logprobs=given
+    )
+    # Truncated importance sampling on (cap 2): the learner's π_old against the engines' log-probs.
+    shards = split_batch(exp, learner.world_size)
+    stats = learner.run("train", [(s, 1, 4, 0.2, 0.2, 1.0, 0.0, 2.0) for s in shards])
     assert stats[0].optimizer_steps == 1 and stats[0].actor_grad_norm > 0
+    # Both sides are float32 at the same weights: every weight is close to 1, none reaches the cap.
+    assert stats[0].tis_weight_mean == pytest.approx(1.0, abs=1e-2) and stats[0].tis_clip_fraction == 0.0
+    # One step per rank's shard: every token was measured before it, over all ranks.
+    mismatch = stats[0].mismatch
+    assert mismatch.tokens == batch.response_mask.sum()
+    abs_mean, kl_mean = mismatch.means()
+    assert 0 < abs_mean < 2e-3 and 0 <= kl_mean < 1e-4
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -263,6 +275,8 @@ def test_ppo_raises_a_rule_reward(tiny_model: Path, tmp_path: Path) -> None:
         "ppo.actor_lr=1e-3",
         "ppo.critic_lr=1e-3",
         "ppo.kl_coef=0.0",
+        # Not the default -1, so that a penalised count (x.5) tells itself from an unpenalised one.
+        "ppo.missing_eos_penalty=-0.5",
         "ppo.checkpoint_every=3",
         "engine.max_model_len=256",
     ]
@@ -270,7 +284,25 @@ def test_ppo_raises_a_rule_reward(tiny_model: Path, tmp_path: Path) -> None:
     rl_cai_stage(StageContext(run, tmp_path, policy, NullSink()))
 
     rows = list(read_jsonl(tmp_path / "rl_cai" / "metrics.jsonl"))
-    rewards = [r["reward_mean"] for r in rows]
+    samples = [json.loads(line) for line in (tmp_path / "rl_cai" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 10 * 16 and len({s["id"] for s in samples}) == len(samples)
+    # Token counts are whole numbers: a response cut off at 16 tokens scores count - 0.5, a finished one count.
+    for s in samples:
+        assert (s["score"] % 1 == 0.5) is (not s["finished"]), s
+        assert s["finished"] or s["tokens"] == 16
+    # The tiny random policy rarely samples its end of sequence within 16 tokens.
+    assert all(r["unfinished_fraction"] > 0.5 for r in rows)
+    per_iteration = [[s for s in samples if s["iteration"] == i] for i in range(10)]
+    assert [r["unfinished_fraction"] for r in rows] == [sum(not s["finished"] for s in it) / 16 for it in per_iteration]
+    # Real PPO: 2 mini-batches x 4 epochs = 8 optimizer steps per batch; after the first the ratio moves.
+    assert all(r["optimizer_steps"] == 8 for r in rows)
+    assert any(r["clip_fraction"] > 0 for r in rows) and all(r["approx_kl"] > 0 for r in rows)
+    # float32 engines against a float32 learner at the same weights: a real but tiny gap (measured ~1e-5 nats).
+    for r in rows:
+        assert 0 < r["logprob_mismatch_abs"] < 2e-3 and 0 <= r["logprob_mismatch_kl"] < 1e-4, r
+        assert (r["tis_weight_mean"], r["tis_clip_fraction"]) == (1.0, 0.0)
+    # The rise is read from the raw counts, before the missing-EOS penalty.
+    rewards = [sum(s["score"] + 0.5 * (not s["finished"]) for s in it) / 16 for it in per_iteration]
     assert [r["iteration"] for r in rows] == list(range(10))
     # Every iteration samples from the policy of the previous update.
     assert [r["sample_policy_version"] for r in rows] == list(range(10))
@@ -282,5 +314,3 @@ def test_ppo_raises_a_rule_reward(tiny_model: Path, tmp_path: Path) -> None:
     assert set(manifest["summary"]["time_total_s"]) >= {"generation_s", "scoring_s", "training_s", "sync_s"}
     assert (tmp_path / "rl_cai" / "policy" / "model.safetensors").is_file()
     assert not (tmp_path / "rl_cai" / "checkpoint").exists()
-    samples = [json.loads(line) for line in (tmp_path / "rl_cai" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 10 * 16 and len({s["id"] for s in samples}) == len(samples)

@@ -13,7 +13,8 @@ from rlaif.core.experience import (
     split_batch,
     trim_padding,
 )
-from rlaif.core.rewards import RewardSample, build_rule_reward
+from rlaif.core.rewards import RewardSample, apply_missing_eos_penalty, build_rule_reward
+from rlaif.engines.base import Completion
 
 
 def test_collate_left_pads_prompts_and_right_pads_responses() -> None:
@@ -57,6 +58,19 @@ def test_make_experience_on_hand_computed_values() -> None:
     assert exp.advantages[1].tolist() == pytest.approx([1.8, 0.0])
     assert kl.tolist() == pytest.approx([0.5, 0.0])
     assert exp.policy_version.tolist() == [3, 3] and exp.scores.tolist() == [1.0, 2.0]
+    # No engine log-probs given: the policy's own are the behaviour log-probs (TIS weight 1).
+    assert torch.equal(exp.behaviour_logprobs, exp.old_logprobs)
+
+
+def test_engine_logprobs_travel_beside_the_learners_and_are_sliced_with_them() -> None:
+    batch = collate_rollouts([[9], [9]], [[1, 2], [3]], 0)
+    outputs = PolicyOutputs(torch.full((2, 2), -1.0), torch.full((2, 2), -1.0), torch.zeros(2, 2))
+    engine = torch.tensor([[-1.1, -0.9, 7.0], [-1.2, 0.0, 7.0]])  # wider than the rollout: cut
+    exp, _ = make_experience(batch, outputs, torch.ones(2), torch.zeros(2), 0.1, "k1", 1.0, 1.0, False, engine)
+    assert torch.equal(exp.behaviour_logprobs, engine[:, :2])
+    assert exp.old_logprobs.tolist() == [[-1.0, -1.0], [-1.0, -1.0]]
+    row = trim_padding(index_batch(exp, torch.tensor([1])))
+    assert torch.equal(row.behaviour_logprobs, torch.tensor([[-1.2]]))
 
 
 def test_whitened_advantages_have_zero_mean_and_unit_variance_on_real_tokens() -> None:
@@ -96,6 +110,21 @@ def test_trim_padding_drops_columns_no_row_uses_and_keeps_tokens_in_their_column
     assert cut.prompt_ids.shape == (2, 3) and cut.policy_version.tolist() == [0, 2]
     assert cut.values.tolist() == [[2.0], [8.0]] and cut.advantages.shape == cut.returns.shape == (2, 1)
     assert cut.scores.tolist() == [1.0, 1.0]
+
+
+def test_missing_eos_penalty_lands_on_unfinished_responses_only() -> None:
+    # Scores 1, 2, 0.5; the second ran out of tokens: 2 + (-1) = 1. Penalty 0: unchanged.
+    assert apply_missing_eos_penalty([1.0, 2.0, 0.5], [True, False, True], -1.0) == [1.0, 1.0, 0.5]
+    assert apply_missing_eos_penalty([1.0, 2.0], [False, False], 0.0) == [1.0, 2.0]
+    with pytest.raises(ValueError, match="one finished flag per score"):
+        apply_missing_eos_penalty([1.0], [True, False], -1.0)
+
+
+def test_a_completion_is_finished_only_when_the_model_ended_it() -> None:
+    assert Completion("Hi.", (5, 2), (), "stop").finished
+    assert not Completion("Once upon", (5, 6), (), "length").finished
+    # Callers that know nothing of truncation get finished samples.
+    assert RewardSample("q", "a", (1,)).finished
 
 
 def test_token_count_rule_reward() -> None:

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from rlaif.core.losses import (
+    LogprobMismatch,
     PPOLossStats,
     bradley_terry_loss,
     entropy_from_logits,
+    logprob_mismatch,
     ppo_policy_loss,
+    truncated_is_weights,
     value_loss,
 )
 from rlaif.core.tensor_ops import masked_mean, masked_sum, masked_var, masked_whiten
@@ -125,6 +128,53 @@ def test_ppo_masked_tokens_have_no_effect() -> None:
     assert torch.equal(loss_a, loss_b)
     assert torch.equal(stats_a.clip_fraction, stats_b.clip_fraction)
     assert torch.equal(stats_a.approx_kl, stats_b.approx_kl)
+
+
+# --- truncated importance sampling and the rollout/learner mismatch ----------
+
+
+def test_truncated_is_weights_cap_the_ratio_of_learner_to_engine() -> None:
+    # Token 1: learner π_old 0.5, engine 0.25 -> 2, under the cap 3.
+    # Token 2: learner 0.6, engine 0.1 -> 6, capped at 3.
+    # Token 3: learner 0.2, engine 0.4 -> 0.5 (weights below 1 are never raised).
+    old = torch.log(torch.tensor([[0.5, 0.6, 0.2]]))
+    behaviour = torch.log(torch.tensor([[0.25, 0.1, 0.4]]))
+    tis = truncated_is_weights(old, behaviour, cap=3.0)
+    assert torch.allclose(tis.weights, torch.tensor([[2.0, 3.0, 0.5]]))
+    assert tis.clipped.tolist() == [[False, True, False]]
+
+
+def test_ppo_loss_weights_each_token_by_its_detached_is_weight() -> None:
+    # Ratios 1 (new = old) on both tokens, so nothing is clipped: per-token losses -A = [-1, 2].
+    # Weights [3 (capped from 6), 0.5]: (-1 * 3 + 2 * 0.5) / 2 = -1.0 (unweighted: 0.5).
+    old = torch.zeros(1, 2)
+    new = torch.zeros(1, 2, requires_grad=True)
+    adv = torch.tensor([[1.0, -2.0]])
+    weights = truncated_is_weights(torch.log(torch.tensor([[0.6, 0.2]])), torch.log(torch.tensor([[0.1, 0.4]])), 3.0)
+    loss, stats = ppo_policy_loss(new, old, adv, torch.ones(1, 2), 0.2, is_weights=weights.weights)
+    _close(loss, -1.0)
+    _close(ppo_policy_loss(new, old, adv, torch.ones(1, 2), 0.2)[0], 0.5)
+    _close(stats.clip_fraction, 0.0)
+    # d loss / d new = -A * ratio * w / 2 = [-1 * 3 / 2, 2 * 0.5 / 2]; no gradient flows into the weights.
+    (grad,) = torch.autograd.grad(loss, new)
+    assert torch.allclose(grad, torch.tensor([[-1.5, 0.5]]))
+
+
+def test_logprob_mismatch_sums_abs_gap_and_k3_over_real_tokens() -> None:
+    # Token 1: learner - engine = ln 2 -> r = 2: |gap| ln 2, k3 = 2 - 1 - ln 2 = 1 - ln 2.
+    # Token 2: gap -ln 2 -> r = 1/2: |gap| ln 2, k3 = 1/2 - 1 + ln 2 = ln 2 - 1/2.
+    # Token 3: equal -> 0 and 0. Token 4 is padding (a huge gap that must not count).
+    ln2 = math.log(2.0)
+    learner = torch.tensor([[ln2 - 1.0, -1.0 - ln2, -0.3, 50.0]])
+    engine = torch.tensor([[-1.0, -1.0, -0.3, 0.0]])
+    m = logprob_mismatch(learner, engine, torch.tensor([[1, 1, 1, 0]]))
+    assert m.tokens == 3
+    assert m.abs_diff == pytest.approx(2 * ln2, rel=1e-6)
+    assert m.k3 == pytest.approx(0.5, rel=1e-5)  # (1 - ln 2) + (ln 2 - 1/2)
+    assert m.means() == pytest.approx((2 * ln2 / 3, 0.5 / 3), rel=1e-5)
+    # Identical log-probs: no mismatch; no tokens: means of 0, not a division by zero.
+    assert logprob_mismatch(engine, engine, torch.ones(1, 4)).means() == (0.0, 0.0)
+    assert LogprobMismatch(0.0, 0.0, 0.0).means() == (0.0, 0.0)
 
 
 # --- value loss -------------------------------------------------------------

@@ -25,10 +25,24 @@ def test_default_pipeline_ends_with_rl_cai_and_evaluate() -> None:
     assert run.cluster.learner.num_workers >= 1 and run.cluster.reward_scorer.num_workers >= 1
 
 
+def test_the_default_update_takes_several_optimizer_steps_per_batch() -> None:
+    """With one step per batch every ratio is 1 and PPO's clip never acts: the defaults take >= 2."""
+    from rlaif.stages.ppo_roles import reuses_value_forward
+
+    ppo = compose_run([]).ppo
+    batch = ppo.prompts_per_iteration * ppo.samples_per_prompt
+    assert ppo.ppo_epochs * batch // ppo.mini_batch_size >= 2
+    # So the critic runs again in the update (the one-pass shortcut holds only for one step).
+    assert reuses_value_forward(compose_run([])) is False
+    # A truncated response pays a penalty by default.
+    assert ppo.missing_eos_penalty < 0 and ppo.tis_cap == 0
+
+
 @pytest.mark.parametrize(
     ("overrides", "engine"),
     [
         ([], True),  # float32 learner and engines: their log-probs agree to ~4e-5 nats
+        (["ppo.tis_cap=2"], False),  # TIS weighs the learner's π_old against the engine's: both needed
         (["deepspeed.bf16=true"], False),
         (["engine.dtype=bfloat16"], False),
         (["ppo.old_logprobs=learner"], False),
@@ -46,13 +60,13 @@ def test_old_logprobs_come_from_the_engines_only_where_both_sides_run_float32(
 @pytest.mark.parametrize(
     ("overrides", "once"),
     [
-        ([], True),  # the defaults: one epoch, one mini-batch of 8 per iteration, on CPU
-        (["ppo.ppo_epochs=2"], False),
-        (["ppo.mini_batch_size=4"], False),
-        (["ppo.samples_per_prompt=2"], False),
-        (["deepspeed.zero_stage=3"], False),
-        (["engine=vllm-gpu"], False),  # a whole shard's critic activations may not fit a GPU
-        (["engine=vllm-gpu", "ppo.value_forward=once"], True),
+        ([], False),  # the defaults: two mini-batches of 4 per iteration
+        (["ppo.mini_batch_size=8"], True),  # one epoch, one mini-batch of 8 per iteration, on CPU
+        (["ppo.mini_batch_size=8", "ppo.ppo_epochs=2"], False),
+        (["ppo.mini_batch_size=8", "ppo.samples_per_prompt=2"], False),
+        (["ppo.mini_batch_size=8", "deepspeed.zero_stage=3"], False),
+        (["ppo.mini_batch_size=8", "engine=vllm-gpu"], False),  # a whole shard's activations may not fit a GPU
+        (["ppo.mini_batch_size=8", "engine=vllm-gpu", "ppo.value_forward=once"], True),
         (["ppo.value_forward=twice"], False),
     ],
 )
@@ -67,6 +81,8 @@ def test_one_critic_pass_is_refused_where_the_update_would_see_other_values() ->
 
     with pytest.raises(ValueError, match="ppo.value_forward=once needs ppo.ppo_epochs=1"):
         reuses_value_forward(compose_run(["ppo.value_forward=once", "ppo.ppo_epochs=2"]))
+    with pytest.raises(ValueError, match="ppo.value_forward=once needs"):
+        reuses_value_forward(compose_run(["ppo.value_forward=once"]))  # the default two mini-batches
 
 
 @pytest.mark.parametrize(
@@ -80,6 +96,10 @@ def test_one_critic_pass_is_refused_where_the_update_would_see_other_values() ->
         ({"prompts_per_iteration": 6}, "mini_batch_size"),
         ({"temperature": 0.0}, "ppo.temperature"),
         ({"lam": 1.5}, "lam"),
+        ({"missing_eos_penalty": 0.5}, "ppo.missing_eos_penalty"),
+        ({"tis_cap": 0.5}, "ppo.tis_cap"),
+        ({"tis_cap": -1.0}, "ppo.tis_cap"),
+        ({"tis_cap": 2.0, "old_logprobs": "engine"}, r"ppo.tis_cap > 0 .* ppo.old_logprobs=engine"),
     ],
 )
 def test_bad_ppo_values_fail_naming_the_field(kwargs: dict[str, object], field: str) -> None:
