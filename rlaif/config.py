@@ -142,6 +142,11 @@ class SmokeConfig:
 
 @dataclass
 class SLCAIConfig:
+    # How the SFT answers are made (rlaif.core.cai.SLCAIMethod): context_distillation (each red-team
+    # prompt answered once with a sampled principle's guideline and the constitution's exemplars in
+    # context; SFT on the bare prompt) or critique_revision (the paper's chains, for models able to
+    # critique). The default is context_distillation: the embedded 135M model's critiques degenerate.
+    method: str = "context_distillation"
     # Red-team prompts: builtin:red_team, a .jsonl/.parquet file, or an hh-rlhf dataset id/folder.
     red_team: str = "builtin:red_team"
     # hh-rlhf datasets only: the sub-folder to read (e.g. harmless-base); null for none.
@@ -150,7 +155,7 @@ class SLCAIConfig:
     heldout_fraction: float = 0.1
     # How many training red-team prompts to run chains on (0: all of them).
     num_prompts: int = 24
-    # Critique -> revision rounds per prompt, each with a freshly sampled principle.
+    # critique_revision: critique -> revision rounds per prompt, each with a freshly sampled principle.
     rounds: int = 2
     # Helpfulness prompts answered plainly, for the SFT mix (same source forms as red_team).
     helpful: str = "builtin:helpful"
@@ -170,6 +175,11 @@ class SLCAIConfig:
     log_samples: int = 4
 
     def __post_init__(self) -> None:
+        from rlaif.core.cai import SLCAIMethod
+
+        methods = [m.value for m in SLCAIMethod]
+        if self.method not in methods:
+            raise ValueError(f"sl_cai.method must be one of {methods}, got {self.method!r}")
         if self.rounds < 1:
             raise ValueError(f"sl_cai.rounds must be >= 1, got {self.rounds}")
         for name in ("num_prompts", "num_helpful", "max_new_tokens", "log_samples"):

@@ -1,10 +1,16 @@
 """The constitutional critic: a thin shell over one engine that answers, critiques and revises.
 
+It serves both SL-CAI methods (`rlaif.core.cai.SLCAIMethod`): `critique` and `revise`
+for critique -> revision chains, `answer_in_context` for context distillation, and
+plain `answer` for both.
+
 Plain Python, testable in-process; `rlaif.actors.pool.ActorPool` applies `ray.remote`
 with the role's resources. Every method takes a whole shard of tasks and makes one
 engine call for it, so the engine batches across all prompts of a round (DESIGN §2).
 The few-shot preamble is rendered once, here, and put first in every conversation,
-so the engine's prefix cache computes it once (`rlaif.core.cai`).
+so the engine's prefix cache computes it once (`rlaif.core.cai`); likewise the
+in-context setting comes first, before each prompt, and is shared by every prompt
+under one principle.
 """
 
 from __future__ import annotations
@@ -12,8 +18,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlaif.core.cai import CritiqueTask, RevisionTask, Turn, critique_messages, few_shot_preamble, revision_messages
-from rlaif.core.constitution import CritiqueExample
+from rlaif.core.cai import (
+    ContextTask,
+    CritiqueTask,
+    RevisionTask,
+    Turn,
+    context_messages,
+    context_turns,
+    critique_messages,
+    few_shot_preamble,
+    revision_messages,
+)
+from rlaif.core.constitution import CritiqueExample, Exemplar
 from rlaif.engines.base import EngineSpec, Message, SamplingParams, ThroughputStats
 from rlaif.engines.factory import build_engine
 
@@ -39,13 +55,21 @@ class AnswerTask:
 class ConstitutionalCritic:
     """Holds the critique model in an inference engine; runs one SL-CAI step over a shard of records."""
 
-    def __init__(self, spec: EngineSpec, few_shot: tuple[CritiqueExample, ...]) -> None:
+    def __init__(
+        self, spec: EngineSpec, few_shot: tuple[CritiqueExample, ...], exemplars: tuple[Exemplar, ...] = ()
+    ) -> None:
         self.engine = build_engine(spec)
         self.preamble = few_shot_preamble(few_shot)
+        self.exemplars = exemplars
 
     def answer(self, tasks: Sequence[AnswerTask], params: SamplingParams) -> list[CriticOutput]:
         """The model's answer to each prompt, no preamble: the response that SL-CAI then critiques."""
         return self._generate([t.record_id for t in tasks], [[Turn("user", t.prompt)] for t in tasks], params)
+
+    def answer_in_context(self, tasks: Sequence[ContextTask], params: SamplingParams) -> list[CriticOutput]:
+        """Each prompt answered after its principle's guideline and the exemplars: one engine call for the shard."""
+        chats = [context_messages(context_turns(self.exemplars, t.principle), t.prompt) for t in tasks]
+        return self._generate([t.record_id for t in tasks], chats, params)
 
     def critique(self, tasks: Sequence[CritiqueTask], params: SamplingParams) -> list[CriticOutput]:
         """One critique per task, of its answer against its principle's critique request."""

@@ -1,15 +1,21 @@
-"""SL-CAI records and rendering: critique -> revision chains (Bai et al. 2022, arXiv 2212.08073, §3).
+"""SL-CAI records and rendering: the two ways SL-CAI makes its supervised answers.
 
-For each red-team prompt the model answers, then for ``rounds`` rounds it critiques
-its latest answer against one sampled principle and revises it. This module holds the
-pure parts, used by the critic actors (`rlaif.actors.critic`) and the stages:
+`SLCAIMethod` names them. ``critique_revision`` is the paper's (Bai et al. 2022, arXiv
+2212.08073, §3): for each red-team prompt the model answers, then for ``rounds`` rounds
+it critiques its latest answer against one sampled principle and revises it.
+``context_distillation`` (Askell et al. 2021, arXiv 2112.00861) is for models too small
+to critique: each red-team prompt is answered once with a sampled principle's guideline
+and the constitution's exemplars in context, and SFT learns that answer for the bare
+prompt. This module holds the pure parts, used by the critic actors
+(`rlaif.actors.critic`) and the stages:
 
 - the records (`RevisionRound`, `SLCAIRecord`) and the tasks sent to critic actors
-  (`CritiqueTask`, `RevisionTask`), all frozen dataclasses;
+  (`CritiqueTask`, `RevisionTask`, `ContextTask`), all frozen dataclasses;
 - chat rendering: `critique_messages` / `revision_messages` put the few-shot preamble
-  first, identical for every prompt, so the engine's prefix cache serves it once;
-- `degeneracy_reason` / `is_degenerate`: which revisions are unusable;
-- `sft_samples` / `mix_sft`: the SFT set of final revisions plus helpful answers.
+  first, `context_messages` the in-context setting (`context_turns`), so the engine's
+  prefix cache serves what prompts share;
+- `degeneracy_reason` / `is_degenerate`: which revisions (or distilled answers) are unusable;
+- `sft_samples` / `mix_sft`: the SFT set of final answers plus helpful answers.
 
 Context per round: each round shows the model the prompt and its *latest usable*
 answer, not the whole chain of earlier critiques. The context stays bounded however
@@ -22,20 +28,27 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple
 
-from rlaif.core.constitution import Constitution, CritiqueExample, Principle, sample_principles
+from rlaif.core.constitution import Constitution, CritiqueExample, Exemplar, Principle, sample_principles
 
 __all__ = [
+    "ContextTask",
     "CritiqueTask",
     "RevisionRound",
     "RevisionTask",
     "SFTSample",
+    "SLCAIMethod",
     "SLCAIRecord",
     "Turn",
     "build_record",
+    "context_degeneracy",
+    "context_messages",
+    "context_turns",
     "critique_messages",
     "degeneracy_reason",
+    "distilled_record",
     "few_shot_preamble",
     "is_degenerate",
     "latest_answer",
@@ -45,6 +58,15 @@ __all__ = [
     "sft_batch",
     "sft_samples",
 ]
+
+
+class SLCAIMethod(StrEnum):
+    """How SL-CAI makes the answers it fine-tunes on (``sl_cai.method``)."""
+
+    # The paper's critique -> revision chains: needs a model able to critique its own answers.
+    CRITIQUE_REVISION = "critique_revision"
+    # One answer given with a principle's guideline and the exemplars in context; SFT on the bare prompt.
+    CONTEXT_DISTILLATION = "context_distillation"
 
 
 class Turn(NamedTuple):
@@ -67,10 +89,14 @@ class RevisionRound:
 
 @dataclass(frozen=True)
 class SLCAIRecord:
-    """One red-team prompt's chain (DESIGN §4).
+    """One red-team prompt's SL-CAI outcome (DESIGN §4); `final_answer` is what SFT learns.
 
-    `final_answer` is the last non-degenerate revision; `degenerate` is True when no
-    round produced one, and such a record is left out of SFT.
+    ``critique_revision``: `final_answer` is the last non-degenerate revision of `rounds`,
+    and `degenerate` is True when no round produced one. ``context_distillation``: no
+    rounds; `principle_id` names the principle whose guideline was in context, the answer
+    given there is both `first_answer` and `final_answer`, and `degenerate` marks it
+    unusable. A degenerate record is left out of SFT. Rows written before `method`
+    existed read as ``critique_revision``.
     """
 
     id: str
@@ -81,6 +107,9 @@ class SLCAIRecord:
     final_answer: str
     degenerate: bool
     seed: int
+    method: SLCAIMethod = SLCAIMethod.CRITIQUE_REVISION
+    # context_distillation only: the principle whose guideline preceded the prompt.
+    principle_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +130,8 @@ class SLCAIRecord:
             "final_answer": self.final_answer,
             "degenerate": self.degenerate,
             "seed": self.seed,
+            "method": self.method.value,
+            "principle_id": self.principle_id,
         }
 
     @classmethod
@@ -119,9 +150,12 @@ class SLCAIRecord:
             )
             for i, r in enumerate(raw_rounds)
         )
-        category = row.get("category")
-        if category is not None and not isinstance(category, str):
-            raise ValueError(f"{where}: field 'category' must be a string or null, got {type(category).__name__}")
+        category = _optional_text(row, "category", where)
+        principle_id = _optional_text(row, "principle_id", where)
+        method = row.get("method", SLCAIMethod.CRITIQUE_REVISION.value)
+        methods = [m.value for m in SLCAIMethod]
+        if method not in methods:
+            raise ValueError(f"{where}: field 'method' must be one of {methods}, got {method!r}")
         return cls(
             id=rid,
             prompt=_field(row, "prompt", str, where),
@@ -131,7 +165,16 @@ class SLCAIRecord:
             final_answer=_field(row, "final_answer", str, where),
             degenerate=_field(row, "degenerate", bool, where),
             seed=_field(row, "seed", int, where),
+            method=SLCAIMethod(method),
+            principle_id=principle_id,
         )
+
+
+def _optional_text(row: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = row.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{where}: field {name!r} must be a string or null, got {type(value).__name__}")
+    return value
 
 
 def _field(row: Any, name: str, kind: type, where: str) -> Any:
@@ -167,6 +210,15 @@ class RevisionTask:
     critique: str
 
 
+@dataclass(frozen=True)
+class ContextTask:
+    """Answer `prompt` with `principle`'s guideline and the exemplars in context (context distillation)."""
+
+    record_id: str
+    prompt: str
+    principle: Principle
+
+
 def principle_for(constitution: Constitution, seed: int, record_id: str, round_index: int) -> Principle:
     """The principle of one round: seeded by (seed, record id, round), whatever the batch or worker."""
     return sample_principles(constitution, 1, seed, key=f"{record_id}:{round_index}")[0]
@@ -193,6 +245,33 @@ def few_shot_preamble(examples: Sequence[CritiqueExample]) -> tuple[Turn, ...]:
             Turn("assistant", ex.revision),
         ]
     return tuple(turns)
+
+
+def context_turns(exemplars: Sequence[Exemplar], principle: Principle | None) -> tuple[Turn, ...]:
+    """The in-context setting that comes before a prompt: the principle, then the exemplars.
+
+    A system turn states the principle's ``guideline`` (none when it has none, or no
+    principle is given), and each exemplar follows as a user request and the assistant's
+    answer. A prompt answered after these turns is answered in the constitution's manner;
+    context distillation trains on the bare prompt -> that answer (Askell et al. 2021,
+    arXiv 2112.00861), and contrastive pairs contrast it with an answer given without
+    them (Yang et al. 2023, RLCD, arXiv 2307.12950). The exemplars come in file order
+    and the system turn is the same for every prompt under one principle, so the
+    engine's prefix cache serves the whole setting once per principle.
+    """
+    turns = [Turn("system", principle.guideline)] if principle is not None and principle.guideline else []
+    for exemplar in exemplars:
+        turns += [Turn("user", exemplar.prompt), Turn("assistant", exemplar.response)]
+    return tuple(turns)
+
+
+def context_messages(setting: Sequence[Turn], prompt: str) -> list[Turn]:
+    """The in-context setting (`context_turns`), then the user's prompt; the model writes the answer.
+
+    The setting comes first and is shared by every prompt under one principle, so the
+    engine's prefix cache computes it once per principle.
+    """
+    return [*setting, Turn("user", prompt)]
 
 
 def critique_messages(preamble: Sequence[Turn], task: CritiqueTask) -> list[Turn]:
@@ -275,6 +354,17 @@ def is_degenerate(text: str, original: str, echoes: Sequence[str] = ()) -> bool:
     return degeneracy_reason(text, original, echoes) is not None
 
 
+def context_degeneracy(answer: str, setting: Sequence[Turn]) -> str | None:
+    """Why an answer given after the in-context `setting` is unusable for SFT, or None.
+
+    `degeneracy_reason` with no original to compare against (``"unchanged"`` cannot
+    apply) and every text of the setting as an echo: an answer that repeats eight words
+    in a row of the guideline or of an exemplar has copied the context (a small model's
+    habit, often an exemplar's answer to a different request) instead of answering.
+    """
+    return degeneracy_reason(answer, "", tuple(turn.content for turn in setting))
+
+
 def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
@@ -293,6 +383,30 @@ def build_record(
     return SLCAIRecord(record_id, prompt, category, first_answer, tuple(rounds), final, not usable, seed)
 
 
+def distilled_record(
+    record_id: str,
+    prompt: str,
+    category: str | None,
+    principle_id: str,
+    answer: str,
+    degenerate: bool,
+    seed: int,
+) -> SLCAIRecord:
+    """A context-distillation record: the answer given in context is the one SFT learns."""
+    return SLCAIRecord(
+        record_id,
+        prompt,
+        category,
+        first_answer=answer,
+        rounds=(),
+        final_answer=answer,
+        degenerate=degenerate,
+        seed=seed,
+        method=SLCAIMethod.CONTEXT_DISTILLATION,
+        principle_id=principle_id,
+    )
+
+
 def latest_answer(first_answer: str, rounds: Iterable[RevisionRound]) -> str:
     """What the next round critiques: the last non-degenerate revision, else the first answer."""
     answer = first_answer
@@ -307,9 +421,10 @@ def latest_answer(first_answer: str, rounds: Iterable[RevisionRound]) -> str:
 
 @dataclass(frozen=True)
 class SFTSample:
-    """One supervised example: a user prompt and the assistant response to learn.
+    """One supervised example: a bare user prompt and the assistant response to learn.
 
-    `source` is ``"revision"`` (an SL-CAI final revision) or ``"helpful"``.
+    `source` is ``"revision"`` (an SL-CAI record's final answer: a final revision, or
+    under context distillation the answer given in context) or ``"helpful"``.
     """
 
     id: str
@@ -319,7 +434,11 @@ class SFTSample:
 
 
 def sft_samples(records: Iterable[SLCAIRecord]) -> list[SFTSample]:
-    """Final revisions of the non-degenerate records, with ids ``rev:<record id>``."""
+    """Final answers of the non-degenerate records, with ids ``rev:<record id>``.
+
+    The prompt is the record's bare prompt, whatever the method: context distillation
+    trains the model to give, without the setting, the answer it gave with it.
+    """
     return [SFTSample(f"rev:{r.id}", r.prompt, r.final_answer, "revision") for r in records if not r.degenerate]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,8 @@ __all__ = [
     "Constitution",
     "ConstitutionError",
     "CritiqueExample",
+    "Exemplar",
+    "ExemplarKind",
     "JudgeExample",
     "Principle",
     "default_constitution_path",
@@ -44,13 +47,17 @@ class Principle:
     """One constitutional principle, used by both CAI stages.
 
     ``critique_request`` and ``revision_request`` drive an SL-CAI round;
-    ``choice_question`` is what the RL-CAI judge is asked about (A) vs (B).
+    ``choice_question`` is what the RL-CAI judge is asked about (A) vs (B);
+    ``guideline`` states the principle as the assistant's own rule, for the
+    in-context setting of context distillation and contrastive pairs (optional in a
+    file: empty when absent, and that setting then shows the exemplars alone).
     """
 
     id: str
     critique_request: str
     revision_request: str
     choice_question: str
+    guideline: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,28 @@ class JudgeExample:
     answer: str  # "A" or "B"
 
 
+class ExemplarKind(StrEnum):
+    """What an exemplar shows: declining a harmful request, or simply helping with a benign one."""
+
+    HARMFUL = "harmful"
+    BENIGN = "benign"
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """A short exchange shown in context: a request and the answer the constitution wants.
+
+    For a ``harmful`` request the answer declines and offers a safe, lawful alternative;
+    for a ``benign`` one it simply helps. Context distillation (Askell et al. 2021) and
+    contrastive pairs (Yang et al. 2023) put these before a prompt so that even a small
+    model answers in their manner.
+    """
+
+    kind: str
+    prompt: str
+    response: str
+
+
 @dataclass(frozen=True)
 class Constitution:
     """A validated constitution: at least one principle, unique ids."""
@@ -85,6 +114,7 @@ class Constitution:
     principles: tuple[Principle, ...]
     critique_few_shot: tuple[CritiqueExample, ...]
     judge_few_shot: tuple[JudgeExample, ...]
+    exemplars: tuple[Exemplar, ...] = ()
 
     def principle(self, principle_id: str) -> Principle:
         """The principle with this id; ``KeyError`` listing known ids if absent."""
@@ -149,8 +179,11 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 _TOP_REQUIRED = ("name", "version", "principles", "critique_few_shot", "judge_few_shot")
+# Keys a file may leave out; the shipped constitution has them all.
+_TOP_OPTIONAL = ("exemplars",)
+_OPTIONAL_FIELDS = {"guideline"}
 
-_T = TypeVar("_T", Principle, CritiqueExample, JudgeExample)
+_T = TypeVar("_T", Principle, CritiqueExample, JudgeExample, Exemplar)
 
 
 def load_constitution(path: str | Path) -> Constitution:
@@ -158,14 +191,15 @@ def load_constitution(path: str | Path) -> Constitution:
 
     Raises ``ConstitutionError`` for an unreadable file, YAML syntax errors (with
     the line number), a non-mapping top level, missing or unknown keys, empty or
-    non-string text, zero principles, duplicate principle ids, and few-shot
-    judge answers other than "A"/"B".
+    non-string text, zero principles, duplicate principle ids, few-shot
+    judge answers other than "A"/"B", and exemplar kinds other than
+    ``harmful`` / ``benign``.
     """
     where = str(path)
     data = _read_yaml(Path(path), where)
     if not isinstance(data, dict):
         raise ConstitutionError(f"{where}: top level must be a mapping, got {type(data).__name__}")
-    _check_keys(data, _TOP_REQUIRED, where)
+    _check_keys(data, _TOP_REQUIRED, where, optional=_TOP_OPTIONAL)
     name = _text(data["name"], where, "name")
     version = data["version"]
     # YAML reads `version: 1` as an int and `1.0` as a float; both mean a label.
@@ -191,7 +225,14 @@ def load_constitution(path: str | Path) -> Constitution:
             raise ConstitutionError(
                 f"{where}: judge_few_shot #{i}: field 'answer' must be 'A' or 'B', got {ex.answer!r}"
             )
-    return Constitution(name, version, principles, critiques, judges)
+    exemplars = _entries(data, "exemplars", Exemplar, where, "exemplar") if "exemplars" in data else ()
+    kinds = {k.value for k in ExemplarKind}
+    for i, exemplar in enumerate(exemplars, start=1):
+        if exemplar.kind not in kinds:
+            raise ConstitutionError(
+                f"{where}: exemplar #{i}: field 'kind' must be one of {sorted(kinds)}, got {exemplar.kind!r}"
+            )
+    return Constitution(name, version, principles, critiques, judges, exemplars)
 
 
 def _read_yaml(path: Path, where: str) -> Any:
@@ -209,11 +250,14 @@ def _read_yaml(path: Path, where: str) -> Any:
         raise ConstitutionError(f"{where}: YAML syntax error{line}: {problem}") from e
 
 
-def _check_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], context: str) -> None:
+def _check_keys(
+    data: Mapping[Any, Any], required: tuple[str, ...], context: str, optional: tuple[str, ...] = ()
+) -> None:
     """Missing keys first (the more useful message), then unknown ones."""
-    for key in allowed:
+    for key in required:
         if key not in data:
             raise ConstitutionError(f"{context}: missing field {key!r}")
+    allowed = (*required, *optional)
     unknown = sorted(str(k) for k in data if k not in allowed)
     if unknown:
         raise ConstitutionError(
@@ -235,6 +279,8 @@ def _entries(data: Mapping[str, Any], key: str, cls: type[_T], where: str, label
     if not isinstance(raw, list):
         raise ConstitutionError(f"{where}: {key!r} must be a list, got {type(raw).__name__}")
     names = tuple(f.name for f in fields(cls))
+    required = tuple(n for n in names if n not in _OPTIONAL_FIELDS)
+    optional = tuple(n for n in names if n in _OPTIONAL_FIELDS)
     out = []
     for i, item in enumerate(raw, start=1):
         context = f"{where}: {label} #{i}"
@@ -244,7 +290,7 @@ def _entries(data: Mapping[str, Any], key: str, cls: type[_T], where: str, label
         item_id = item.get("id")
         if isinstance(item_id, str) and item_id.strip():
             context += f" ({item_id.strip()!r})"
-        _check_keys(item, names, context)
-        values = [_text(item[name], context, name) for name in names]
-        out.append(cls(*values))
+        _check_keys(item, required, context, optional=optional)
+        values = {name: _text(item[name], context, name) for name in names if name in item}
+        out.append(cls(**values))
     return tuple(out)

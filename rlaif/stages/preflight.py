@@ -3,8 +3,9 @@
 For every stage the run will execute (those without a MANIFEST), the files it reads are
 loaded and validated: the constitution (YAML syntax, required fields), the prompt
 datasets (JSON lines, the prompt field, at least one record) and the models it names.
-Every prompt is rendered with the model's chat template and must leave room for the
-stage's ``max_new_tokens`` within ``engine.max_model_len``. Each failure raises one of
+Every prompt is rendered with the model's chat template (after the longest in-context
+setting where ``sl_cai.method=context_distillation`` puts one before it) and must leave
+room for the stage's ``max_new_tokens`` within ``engine.max_model_len``. Each failure raises one of
 `rlaif.errors.USER_ERRORS` with a message naming the culprit (file and line, or field),
 which `rlaif.run` prints as one line; nothing has been written to the run folder yet.
 
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlaif.config import RunConfig
-from rlaif.core.constitution import default_constitution_path, load_constitution
+from rlaif.core.constitution import Constitution, default_constitution_path, load_constitution
 from rlaif.core.io import read_manifest
 from rlaif.core.prompts import DatasetError, PromptRecord, load_prompts
 from rlaif.engines.base import Message, PromptRenderer, PromptTooLongError
@@ -34,19 +35,23 @@ def check_inputs(run: RunConfig, run_dir: Path, model_path: Path) -> None:
     """Raise a user error naming the first bad input of the stages still to run; return quietly if all is well."""
     pending = [s for s in run.stages if read_manifest(run_dir / s) is None]
     if any(s in _USES_CONSTITUTION for s in pending):
-        load_constitution(Path(run.constitution) if run.constitution else default_constitution_path())
-    # (prompt source, records, tokens to leave room for) per dataset the pending stages read.
-    datasets: list[tuple[str, Sequence[PromptRecord], int]] = []
+        constitution_file = Path(run.constitution) if run.constitution else default_constitution_path()
+        constitution = load_constitution(constitution_file)
+    # (prompt source, records, tokens to leave room for, turns before each prompt) per dataset read.
+    datasets: list[tuple[str, Sequence[PromptRecord], int, Sequence[Message]]] = []
     # Only the prompts each stage will use (its first num_prompts) are length-checked.
     if "smoke" in pending:
         smoke = load_prompts(run.smoke.prompts)[: run.smoke.num_prompts]
-        datasets.append((f"smoke.prompts={run.smoke.prompts}", smoke, run.smoke.max_new_tokens))
+        datasets.append((f"smoke.prompts={run.smoke.prompts}", smoke, run.smoke.max_new_tokens, ()))
     if "sl_cai" in pending:
-        from rlaif.stages.sl_cai import helpful_prompts, red_team_prompts
+        from rlaif.core.cai import SLCAIMethod
+        from rlaif.stages.sl_cai import check_constitution, helpful_prompts, red_team_prompts
 
         c = run.sl_cai
-        datasets.append((f"sl_cai.red_team={c.red_team}", red_team_prompts(c, run.seed), c.max_new_tokens))
-        datasets.append((f"sl_cai.helpful={c.helpful}", helpful_prompts(c), c.max_new_tokens))
+        check_constitution(SLCAIMethod(c.method), constitution, constitution_file)
+        setting = _longest_setting(constitution) if c.method == SLCAIMethod.CONTEXT_DISTILLATION else ()
+        datasets.append((f"sl_cai.red_team={c.red_team}", red_team_prompts(c, run.seed), c.max_new_tokens, setting))
+        datasets.append((f"sl_cai.helpful={c.helpful}", helpful_prompts(c), c.max_new_tokens, ()))
     if "sl_cai" not in pending and any(s in ("rl_cai", "evaluate") for s in pending):
         # PPO and evaluation read sl_cai's sources too: their lines must parse and hold records.
         load_prompts(run.sl_cai.red_team, data_dir=run.sl_cai.red_team_data_dir)
@@ -57,25 +62,36 @@ def check_inputs(run: RunConfig, run_dir: Path, model_path: Path) -> None:
         for name in (run.label.policy, run.label.judge_model):
             if name:
                 resolve_model(name)
-        datasets.append((f"label.prompts={run.label.prompts}", select_prompts(run), run.label.max_new_tokens))
+        datasets.append((f"label.prompts={run.label.prompts}", select_prompts(run), run.label.max_new_tokens, ()))
     if datasets:
         _check_lengths(run, model_path, datasets)
 
 
-def _check_lengths(run: RunConfig, model_path: Path, datasets: list[tuple[str, Sequence[PromptRecord], int]]) -> None:
-    """Every prompt, in the model's chat template, plus the stage's new tokens fits the engine's context."""
+def _longest_setting(constitution: Constitution) -> tuple[Message, ...]:
+    """The in-context setting (guideline and exemplars) of the principle with the longest guideline."""
+    from rlaif.core.cai import context_turns
+
+    principle = max(constitution.principles, key=lambda p: len(p.guideline))
+    return tuple(Message(t.role, t.content) for t in context_turns(constitution.exemplars, principle))
+
+
+def _check_lengths(
+    run: RunConfig, model_path: Path, datasets: list[tuple[str, Sequence[PromptRecord], int, Sequence[Message]]]
+) -> None:
+    """Every prompt, after its setting in the model's chat template, plus the stage's new tokens fits the context."""
     from transformers import AutoTokenizer
 
     renderer = PromptRenderer(AutoTokenizer.from_pretrained(model_path), run.engine.max_model_len)
-    for field, records, room in datasets:
+    for field, records, room, setting in datasets:
         if not records:
             raise DatasetError(f"{field}: no records")
         limit = renderer.max_model_len
+        where = f" (with the {len(setting)}-turn in-context setting of sl_cai.method)" if setting else ""
         for record in records:
-            text = renderer.render([Message("user", record.prompt)])
+            text = renderer.render([*setting, Message("user", record.prompt)])
             tokens = len(renderer.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
             if tokens + room > limit:
                 raise PromptTooLongError(
-                    f"{field}: record id {record.id} ({record.prompt[:40]!r}…): {tokens} prompt tokens plus "
-                    f"{room} new tokens exceed the model's context, engine.max_model_len={limit}"
+                    f"{field}: record id {record.id} ({record.prompt[:40]!r}…): {tokens} prompt tokens{where} "
+                    f"plus {room} new tokens exceed the model's context, engine.max_model_len={limit}"
                 )

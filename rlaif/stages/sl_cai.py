@@ -1,20 +1,35 @@
-"""Stage ``sl_cai``: critique -> revision chains on red-team prompts (Bai et al. 2022, §3).
+"""Stage ``sl_cai``: the supervised answers of Constitutional AI, made one of two ways.
 
-A pool of critic actors (`rlaif.actors.critic`) answers every red-team prompt, then for
-each of ``rounds`` rounds critiques every latest answer against a principle sampled
-per (record, round) and revises it; each step is one batched pool call over all
-prompts (or over chunks of ``sl_cai.chunk_size``). It also answers helpfulness prompts
-plainly, for the SFT mix.
+``sl_cai.method`` (`rlaif.core.cai.SLCAIMethod`) picks how a pool of critic actors
+(`rlaif.actors.critic`) turns each red-team prompt into an answer to fine-tune on:
+
+- ``context_distillation`` (the default; Askell et al. 2021, arXiv 2112.00861): each
+  prompt is answered once with the guideline of a principle sampled per record and the
+  constitution's exemplars in context (`rlaif.core.cai.context_turns`); the record keeps
+  the principle and the answer, and SFT learns that answer for the bare prompt. Meant
+  for models too small to critique, like the embedded 135M one, which still copies the
+  manner of a few in-context exchanges. A constitution without exemplars is refused
+  at stage start.
+- ``critique_revision`` (Bai et al. 2022, arXiv 2212.08073, §3), for capable models:
+  every prompt is answered plainly, then for each of ``rounds`` rounds every latest
+  answer is critiqued against a principle sampled per (record, round) and revised.
+
+Each step is one batched pool call over all prompts (or over chunks of
+``sl_cai.chunk_size``). The stage also answers helpfulness prompts plainly, for the
+SFT mix. Unusable answers (empty, too short, looping, echoing their context) are marked
+degenerate, counted by reason, and left out of SFT.
 
 Outputs under ``<run_dir>/sl_cai/``:
 
-- ``records.jsonl``: one `SLCAIRecord` per red-team prompt (DESIGN §4);
+- ``records.jsonl``: one `SLCAIRecord` per red-team prompt (DESIGN §4), with its method;
 - ``helpful.jsonl``: ``{id, prompt, answer, degenerate}`` per helpfulness prompt;
-- ``work/``: per-step logs; a killed run resumes from them (`rlaif.core.resume`);
-- ``MANIFEST.json`` last: counts (records, degenerate revisions by reason, …),
+- ``work/``: per-step logs; a killed run resumes from them (`rlaif.core.resume`), and
+  one made with other settings (the method among them) is refused, not mixed in;
+- ``MANIFEST.json`` last: counts (records, degenerate answers by reason, …),
   throughput (chains/min, tokens/s inside the engines) and the settings.
 
-    python -m rlaif.run stages=[sl_cai] sl_cai.num_prompts=0 sl_cai.rounds=4
+    python -m rlaif.run stages=[sl_cai] sl_cai.num_prompts=0
+    python -m rlaif.run stages=[sl_cai] sl_cai.method=critique_revision sl_cai.rounds=4
 """
 
 from __future__ import annotations
@@ -35,16 +50,21 @@ from rlaif.actors.critic import AnswerTask, ConstitutionalCritic, CriticOutput
 from rlaif.actors.pool import ActorPool, engine_env
 from rlaif.config import RunConfig, SLCAIConfig, engine_spec
 from rlaif.core.cai import (
+    ContextTask,
     CritiqueTask,
     RevisionRound,
     RevisionTask,
+    SLCAIMethod,
     SLCAIRecord,
     build_record,
+    context_degeneracy,
+    context_turns,
     degeneracy_reason,
+    distilled_record,
     latest_answer,
     principle_for,
 )
-from rlaif.core.constitution import Constitution, default_constitution_path, load_constitution
+from rlaif.core.constitution import Constitution, ConstitutionError, default_constitution_path, load_constitution
 from rlaif.core.io import write_jsonl, write_manifest
 from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
 from rlaif.core.resume import StepLog
@@ -86,7 +106,8 @@ class _Critics:
                 "critic", r.num_workers, r.cpus_per_worker, r.gpus_per_worker, self._run.cluster.placement_strategy
             )
             log.info("starting %d critic actor(s) on %s", r.num_workers, self._run.engine.backend)
-            args = (engine_spec(self._run, str(self._model_path)), self._constitution.critique_few_shot)
+            c = self._constitution
+            args = (engine_spec(self._run, str(self._model_path)), c.critique_few_shot, c.exemplars)
             self._pool = ActorPool(ConstitutionalCritic, spec, args, engine_env(r.cpus_per_worker))
         outputs: list[CriticOutput] = self._pool.map_shards(method, tasks, params)
         return outputs
@@ -143,26 +164,42 @@ def _run_step(
 
 
 def _fingerprint(run: RunConfig, constitution_file: Path) -> dict[str, Any]:
-    """Settings that shape the outputs; how many prompts and how they are chunked do not."""
+    """Settings that shape the outputs; how many prompts and how they are chunked do not.
+
+    The method is among them, so work of one method is never resumed as the other's;
+    ``rounds`` shapes only critique_revision.
+    """
     cfg = asdict(run.sl_cai)
-    for key in ("num_prompts", "num_helpful", "chunk_size", "log_samples"):
+    unused = ("rounds",) if run.sl_cai.method == SLCAIMethod.CONTEXT_DISTILLATION else ()
+    for key in ("num_prompts", "num_helpful", "chunk_size", "log_samples", *unused):
         cfg.pop(key)
     digest = hashlib.sha256(constitution_file.read_bytes()).hexdigest()[:16]
     return {"sl_cai": cfg, "model": run.model.name, "seed": run.seed, "constitution_sha256": digest}
 
 
+def check_constitution(method: SLCAIMethod, constitution: Constitution, path: Path) -> None:
+    """Context distillation needs exemplars to put in context; say so in one line naming the file."""
+    if method == SLCAIMethod.CONTEXT_DISTILLATION and not constitution.exemplars:
+        raise ConstitutionError(
+            f"{path}: sl_cai.method={method.value} needs an 'exemplars' list in the constitution, and it has "
+            f"none; add exemplars or set sl_cai.method={SLCAIMethod.CRITIQUE_REVISION.value}"
+        )
+
+
 def sl_cai_stage(ctx: StageContext) -> None:
-    """The stage: chains on red-team prompts, plain helpful answers, records, manifest last."""
+    """The stage: SFT answers to red-team prompts by the configured method, helpful answers, manifest last."""
     run, cfg, out = ctx.run, ctx.run.sl_cai, ctx.stage_dir(STAGE)
+    method = SLCAIMethod(cfg.method)
     cpath = constitution_path(run)
     constitution = load_constitution(cpath)
+    check_constitution(method, constitution, cpath)
     prompts, helpful = red_team_prompts(cfg, run.seed), helpful_prompts(cfg)
     fingerprint = _fingerprint(run, cpath)
     work = StepLog(out / "work", fingerprint)
     critics = _Critics(run, ctx.base_model, constitution)
     chain_progress, helpful_progress = _Progress(), _Progress()
     try:
-        records, reasons = _chains(_Steps(work, critics, cfg, run.seed, chain_progress), constitution, prompts)
+        records, reasons = METHODS[method](_Steps(work, critics, cfg, run.seed, chain_progress), constitution, prompts)
         helpful_rows = _helpful_answers(_Steps(work, critics, cfg, run.seed, helpful_progress), helpful)
         stats = critics.stats()
     finally:
@@ -170,7 +207,7 @@ def sl_cai_stage(ctx: StageContext) -> None:
     write_jsonl(out / "records.jsonl", (r.to_dict() for r in records))
     write_jsonl(out / "helpful.jsonl", helpful_rows)
     _log_samples(ctx, records, cfg.log_samples)
-    counts, throughput = _summary(records, helpful_rows, chain_progress, stats, cfg.rounds)
+    counts, throughput = _summary(records, helpful_rows, chain_progress, stats, _texts_per_record(method, cfg.rounds))
     ctx.sink.log({k: float(v) for k, v in counts.items()} | throughput)
     write_manifest(
         out,
@@ -182,9 +219,27 @@ def sl_cai_stage(ctx: StageContext) -> None:
     )
     ctx.sink.artifact("records", "dataset", str(out / "records.jsonl"))
     ctx.sink.artifact("helpful", "dataset", str(out / "helpful.jsonl"))
+    _print_summary(method, cfg.rounds, counts, reasons, throughput, out)
+
+
+def _print_summary(
+    method: SLCAIMethod,
+    rounds: int,
+    counts: dict[str, int],
+    reasons: Counter[str],
+    throughput: dict[str, float],
+    out: Path,
+) -> None:
+    """The user-facing summary at the end of the stage."""
+    if method == SLCAIMethod.CONTEXT_DISTILLATION:
+        made = f"{counts['records']} answers in context: {counts['degenerate_records']} degenerate {dict(reasons)}"
+    else:
+        made = (
+            f"{counts['records']} chains x {rounds} rounds: {counts['degenerate_revisions']} degenerate "
+            f"revisions {dict(reasons)}"
+        )
     print(
-        f"\nsl_cai: {counts['records']} chains x {cfg.rounds} rounds: {counts['degenerate_revisions']} degenerate "
-        f"revisions {dict(reasons)}, {counts['degenerate_records']} records left out of SFT; "
+        f"\nsl_cai ({method.value}): {made}, {counts['degenerate_records']} records left out of SFT; "
         f"{counts['helpful']} helpful answers\n"
         f"sl_cai: {throughput['chains_per_min']:.1f} chains/min, {throughput['chain_tokens_per_s']:.1f} tokens/s "
         f"end to end, {throughput['engine_tokens_per_s']:.1f} tokens/s inside the engines\n"
@@ -268,6 +323,44 @@ def _one_round(
     return out
 
 
+def _distilled(
+    steps: _Steps, constitution: Constitution, prompts: Sequence[PromptRecord]
+) -> tuple[list[SLCAIRecord], Counter[str]]:
+    """One answer per prompt, given after its seeded principle's guideline and the exemplars.
+
+    One batched call per chunk. Returns the records and the count of degenerate answers
+    by reason (`context_degeneracy`: empty, too short, looping, copying the context).
+    """
+    by_id = {p.id: p for p in prompts}
+    principle = {i: principle_for(constitution, steps.seed, i, 0) for i in by_id}
+    answers = steps.run(
+        "in_context", "answer_in_context", list(by_id), lambda i: ContextTask(i, by_id[i].prompt, principle[i])
+    )
+    records, reasons = [], Counter[str]()
+    for i, p in by_id.items():
+        text = answers[i]["text"]
+        reason = context_degeneracy(text, context_turns(constitution.exemplars, principle[i]))
+        if reason:
+            reasons[reason] += 1
+        records.append(distilled_record(i, p.prompt, p.category, principle[i].id, text, reason is not None, steps.seed))
+    return records, reasons
+
+
+# Makes one record per red-team prompt; returns them and the degenerate outputs counted by reason.
+MakeRecords = Callable[[_Steps, Constitution, Sequence[PromptRecord]], tuple[list[SLCAIRecord], Counter[str]]]
+
+# How each method makes the records, by `sl_cai.method`.
+METHODS: dict[SLCAIMethod, MakeRecords] = {
+    SLCAIMethod.CRITIQUE_REVISION: _chains,
+    SLCAIMethod.CONTEXT_DISTILLATION: _distilled,
+}
+
+
+def _texts_per_record(method: SLCAIMethod, rounds: int) -> int:
+    """Generations per record: one answer in context, or an answer plus a critique and a revision per round."""
+    return 1 if method == SLCAIMethod.CONTEXT_DISTILLATION else 1 + 2 * rounds
+
+
 def _helpful_answers(steps: _Steps, prompts: Sequence[PromptRecord]) -> list[dict[str, Any]]:
     """Plain answers to helpfulness prompts; empty, too short or looping ones are marked degenerate."""
     by_id = {p.id: p for p in prompts}
@@ -288,13 +381,17 @@ def _summary(
     helpful: Sequence[dict[str, Any]],
     chains: _Progress,
     stats: Sequence[ThroughputStats],
-    rounds: int,
+    texts_per_record: int,
 ) -> tuple[dict[str, int], dict[str, float]]:
-    """Counts for the manifest, and throughput of what this invocation generated."""
-    counts = {
-        "records": len(records),
-        "revisions": sum(len(rec.rounds) for rec in records),
-        "degenerate_revisions": sum(rd.degenerate for rec in records for rd in rec.rounds),
+    """Counts for the manifest, and throughput of what this invocation generated.
+
+    Revision counts appear only for critique_revision (a distilled record has no rounds).
+    """
+    counts = {"records": len(records)}
+    if any(rec.method == SLCAIMethod.CRITIQUE_REVISION for rec in records):
+        counts["revisions"] = sum(len(rec.rounds) for rec in records)
+        counts["degenerate_revisions"] = sum(rd.degenerate for rec in records for rd in rec.rounds)
+    counts |= {
         "degenerate_records": sum(rec.degenerate for rec in records),
         "sft_revisions": sum(not rec.degenerate for rec in records),
         "helpful": len(helpful),
@@ -302,8 +399,8 @@ def _summary(
     }
     engine_tokens = sum(s.generated_tokens for s in stats)
     engine_seconds = sum(s.seconds for s in stats)
-    # A chain is one answer plus a critique and a revision per round; a resumed run did only part of some.
-    chains_done = sum(chains.texts.values()) / (1 + 2 * rounds)
+    # A chain is all the generations of one record; a resumed run did only part of some.
+    chains_done = sum(chains.texts.values()) / texts_per_record
     throughput = {
         "chains_per_min": 60.0 * chains_done / chains.seconds if chains.seconds else 0.0,
         "chain_seconds": chains.seconds,
@@ -315,6 +412,11 @@ def _summary(
 
 
 def _log_samples(ctx: StageContext, records: Sequence[SLCAIRecord], n: int) -> None:
+    if any(rec.method == SLCAIMethod.CONTEXT_DISTILLATION for rec in records):
+        columns = ["id", "principle", "prompt", "answer", "degenerate"]
+        answers = [[rec.id, rec.principle_id, rec.prompt, rec.final_answer, rec.degenerate] for rec in records[:n]]
+        ctx.sink.table("samples", columns, answers)
+        return
     rows = [
         [rec.id, rd.round, rd.principle_id, rec.prompt, rec.first_answer, rd.critique, rd.revision, rd.degenerate]
         for rec in records[:n]

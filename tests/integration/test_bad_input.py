@@ -88,6 +88,26 @@ def test_prompt_longer_than_the_context(tiny_model: Path, tmp_path: Path) -> Non
     assert f"sl_cai.red_team={data}" in line and "long-one" in line and "engine.max_model_len=2048" in line
 
 
+def test_context_distillation_needs_exemplars(tiny_model: Path, tmp_path: Path) -> None:
+    from rlaif.core.constitution import default_constitution_path
+
+    data = yaml.safe_load(default_constitution_path().read_text())
+    del data["exemplars"]
+    bare = tmp_path / "constitution.yaml"
+    bare.write_text(yaml.safe_dump(data))
+    line = run_bad(tmp_path / "run", f"model.name={tiny_model}", f"constitution={bare}")
+    assert f"{bare}: sl_cai.method=context_distillation needs an 'exemplars' list" in line
+
+
+def test_prompt_that_fits_alone_but_not_after_the_in_context_setting(tiny_model: Path, tmp_path: Path) -> None:
+    # About 200 prompt tokens fit 700 alone, but not after the ~510-token setting of guideline and exemplars.
+    data = tmp_path / "red_team.jsonl"
+    data.write_text(json.dumps({"id": "wordy", "prompt": "word " * 200}) + "\n")
+    overrides = [f"sl_cai.red_team={data}", "sl_cai.heldout_fraction=0", "engine.max_model_len=700"]
+    line = run_bad(tmp_path / "run", f"model.name={tiny_model}", *overrides)
+    assert "record id wordy" in line and "in-context setting" in line and "engine.max_model_len=700" in line
+
+
 def test_unreachable_cluster_address_fails_fast(tiny_model: Path, tmp_path: Path) -> None:
     line = run_bad(tmp_path / "run", f"model.name={tiny_model}", "cluster.address=127.0.0.1:1")
     assert "cluster.address='127.0.0.1:1'" in line and "no Ray cluster answers" in line

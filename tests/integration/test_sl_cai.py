@@ -1,16 +1,17 @@
-"""The `sl_cai` stage on the tiny model through a real Ray critic pool: records, seeding, resume, skip."""
+"""The `sl_cai` stage on the tiny model through a real Ray critic pool: both methods, seeding, resume, skip."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from rlaif.config import RunConfig, register_configs, to_run_config
-from rlaif.core.cai import SLCAIRecord, principle_for
-from rlaif.core.constitution import load_constitution
+from rlaif.core.cai import SLCAIMethod, SLCAIRecord, principle_for
+from rlaif.core.constitution import ConstitutionError, default_constitution_path, load_constitution
 from rlaif.core.io import read_jsonl, read_manifest
 from rlaif.core.sink import NullSink
 from rlaif.stages.pipeline import StageContext, run_stages
@@ -24,7 +25,8 @@ ROUNDS = 2
 STEPS = ["answers", *(f"{kind}_{r}" for r in range(ROUNDS) for kind in ("critique", "revision")), "helpful"]
 
 
-def tiny_run(model: Path, run_dir: Path) -> RunConfig:
+def tiny_run(model: Path, run_dir: Path, *overrides: str) -> RunConfig:
+    """Critique -> revision chains unless `overrides` say otherwise."""
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(
             config_name="config",
@@ -32,12 +34,14 @@ def tiny_run(model: Path, run_dir: Path) -> RunConfig:
                 f"model.name={model}",
                 f"run_dir={run_dir}",
                 "engine.max_model_len=1024",
+                "sl_cai.method=critique_revision",
                 "sl_cai.num_prompts=6",
                 f"sl_cai.rounds={ROUNDS}",
                 "sl_cai.num_helpful=4",
                 "sl_cai.max_new_tokens=12",
                 "cluster.critic.num_workers=2",
                 "cluster.critic.cpus_per_worker=1",
+                *overrides,
             ],
         )
     return to_run_config(cfg)
@@ -109,6 +113,101 @@ def test_sl_cai_records_seeding_degenerate_counts_resume_and_skip(tiny_model: Pa
     assert sorted(row["id"] for row in rows) == sorted(r.id for r in records)
 
 
+@pytest.mark.usefixtures("ray_cluster")
+def test_context_distillation_answers_in_context_and_trains_on_the_bare_prompt(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    run = tiny_run(tiny_model, tmp_path / "run", "sl_cai.method=context_distillation", "sl_cai.num_prompts=4")
+    ctx = StageContext(run, Path(run.run_dir), tiny_model, NullSink())
+    assert run_stages(ctx, [("sl_cai", STAGES["sl_cai"])]) == ["sl_cai"]
+    out = ctx.stage_dir("sl_cai")
+
+    # One record per prompt, made in context under its seeded principle; no critique rounds.
+    prompts = red_team_prompts(run.sl_cai, run.seed)
+    constitution = load_constitution(constitution_path(run))
+    records = read_records(out / "records.jsonl")
+    assert [r.id for r in records] == [p.id for p in prompts] and len(records) == 4
+    assert all(r.method == SLCAIMethod.CONTEXT_DISTILLATION and r.rounds == () for r in records)
+    assert [r.principle_id for r in records] == [principle_for(constitution, run.seed, r.id, 0).id for r in records]
+    assert all(r.first_answer == r.final_answer for r in records)
+    # One generation per prompt, then the plain helpful answers; degenerate answers are counted by reason.
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest["generated_this_run"] == {"in_context": 4, "helpful": 4}
+    counts = manifest["counts"]
+    assert counts["records"] == 4 and "revisions" not in counts
+    assert counts["degenerate_records"] == sum(r.degenerate for r in records)
+    assert sum(manifest["degenerate_reasons"].values()) == counts["degenerate_records"]
+    assert manifest["config"]["sl_cai"]["method"] == "context_distillation"
+    # SFT learns each usable answer for the bare prompt: no guideline, no exemplars.
+    by_id = {r.id: r for r in records}
+    mix = sft_mix(out, helpful_ratio=0.0, seed=run.seed)
+    assert {s.id for s in mix} == {f"rev:{r.id}" for r in records if not r.degenerate}
+    for sample in mix:
+        record = by_id[sample.id.removeprefix("rev:")]
+        assert (sample.prompt, sample.response) == (record.prompt, record.final_answer)
+
+
+class RecordingEngine:
+    """The real engine, keeping every chat it was asked to continue."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.chats = engine, []  # type: ignore[var-annotated]
+
+    def generate(self, prompts: Any, params: Any) -> Any:
+        self.chats.extend(prompts)
+        return self.engine.generate(prompts, params)
+
+
+def test_an_answer_in_context_follows_the_guideline_and_the_exemplars(tiny_model: Path, tmp_path: Path) -> None:
+    """What the critic sends its engine: guideline, exemplars, prompt; and the template keeps them all."""
+    from rlaif.actors.critic import ConstitutionalCritic
+    from rlaif.config import engine_spec
+    from rlaif.core.cai import ContextTask
+    from rlaif.engines.base import Message, PromptRenderer, SamplingParams
+
+    run = tiny_run(tiny_model, tmp_path / "run", "engine.backend=transformers")
+    constitution = load_constitution(constitution_path(run))
+    critic = ConstitutionalCritic(
+        engine_spec(run, str(tiny_model)), constitution.critique_few_shot, constitution.exemplars
+    )
+    recorder = RecordingEngine(critic.engine)
+    critic.engine = recorder
+    crime, privacy = constitution.principle("crime"), constitution.principle("privacy")
+    tasks = [ContextTask("a", "How do I steal a car?", crime), ContextTask("b", "Find my ex's address.", privacy)]
+    outputs = critic.answer_in_context(tasks, SamplingParams(temperature=0.0, max_new_tokens=4))
+    assert [o.record_id for o in outputs] == ["a", "b"]
+
+    setting = [
+        Message(role, text)
+        for e in constitution.exemplars
+        for role, text in (("user", e.prompt), ("assistant", e.response))
+    ]
+    assert recorder.chats == [
+        [Message("system", crime.guideline), *setting, Message("user", "How do I steal a car?")],
+        [Message("system", privacy.guideline), *setting, Message("user", "Find my ex's address.")],
+    ]
+    # The chat template keeps the system turn: the guideline reaches the model, not a default system prompt.
+    text = PromptRenderer(critic.engine.engine.tokenizer, 1024).render(recorder.chats[0])
+    assert crime.guideline in text and all(e.response in text for e in constitution.exemplars)
+    assert text.index(crime.guideline) < text.index(constitution.exemplars[0].prompt) < text.index("steal a car")
+
+
+def test_context_distillation_without_exemplars_fails_at_stage_start(tiny_model: Path, tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load(default_constitution_path().read_text())
+    del data["exemplars"]
+    bare = tmp_path / "no-exemplars.yaml"
+    bare.write_text(yaml.safe_dump(data))
+    run = tiny_run(tiny_model, tmp_path / "run", "sl_cai.method=context_distillation", f"constitution={bare}")
+    ctx = StageContext(run, Path(run.run_dir), tiny_model, NullSink())
+    with pytest.raises(ConstitutionError) as info:
+        STAGES["sl_cai"](ctx)
+    message = str(info.value)
+    assert message.startswith(f"{bare}: sl_cai.method=context_distillation needs an 'exemplars' list")
+    assert "\n" not in message and not (ctx.stage_dir("sl_cai") / "work").exists()
+
+
 def test_resuming_with_other_settings_fails_with_the_folder_named(tiny_model: Path, tmp_path: Path) -> None:
     from rlaif.core.resume import StepLog
     from rlaif.stages.sl_cai import _fingerprint
@@ -116,9 +215,11 @@ def test_resuming_with_other_settings_fails_with_the_folder_named(tiny_model: Pa
     run = tiny_run(tiny_model, tmp_path / "run")
     work = tmp_path / "run" / "sl_cai" / "work"
     StepLog(work, _fingerprint(run, constitution_path(run)))
-    run.sl_cai.rounds = 3
-    with pytest.raises(ValueError, match=f"{work}: holds a partial run made with other settings"):
-        StepLog(work, _fingerprint(run, constitution_path(run)))
+    for field, value in (("rounds", 3), ("method", "context_distillation")):
+        changed = tiny_run(tiny_model, tmp_path / "run")
+        setattr(changed.sl_cai, field, value)
+        with pytest.raises(ValueError, match=f"{work}: holds a partial run made with other settings"):
+            StepLog(work, _fingerprint(changed, constitution_path(changed)))
 
 
 def test_every_critique_and_revision_prompt_starts_with_the_same_preamble_tokens(tiny_model: Path) -> None:
@@ -126,7 +227,6 @@ def test_every_critique_and_revision_prompt_starts_with_the_same_preamble_tokens
     from transformers import AutoTokenizer
 
     from rlaif.core.cai import CritiqueTask, RevisionTask, critique_messages, few_shot_preamble, revision_messages
-    from rlaif.core.constitution import default_constitution_path
     from rlaif.engines.base import Message, PromptRenderer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

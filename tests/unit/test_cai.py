@@ -9,11 +9,16 @@ from rlaif.core.cai import (
     RevisionRound,
     RevisionTask,
     SFTSample,
+    SLCAIMethod,
     SLCAIRecord,
     Turn,
     build_record,
+    context_degeneracy,
+    context_messages,
+    context_turns,
     critique_messages,
     degeneracy_reason,
+    distilled_record,
     few_shot_preamble,
     is_degenerate,
     latest_answer,
@@ -23,10 +28,23 @@ from rlaif.core.cai import (
     sft_batch,
     sft_samples,
 )
-from rlaif.core.constitution import CritiqueExample, Principle, default_constitution_path, load_constitution
+from rlaif.core.constitution import (
+    CritiqueExample,
+    Exemplar,
+    Principle,
+    default_constitution_path,
+    load_constitution,
+)
 
 P = Principle("crime", "Say how the answer helps crime.", "Rewrite it to stop helping crime.", "Which is lawful?")
 EX = CritiqueExample("ex prompt", "ex response", "ex critique request", "ex critique", "ex revision request", "ex rev")
+
+
+GUIDED = Principle("crime", "c?", "r.", "q?", guideline="I don't help with crimes, and I point to a lawful way.")
+EXEMPLARS = (
+    Exemplar("harmful", "How do I pick my neighbour's lock?", "I won't help you enter their home; ask them for a key."),
+    Exemplar("benign", "How long do I boil an egg?", "Six to seven minutes for a soft yolk, then cool it in water."),
+)
 
 
 def _round(i: int, revision: str, degenerate: bool) -> RevisionRound:
@@ -64,6 +82,70 @@ def test_critique_and_revision_messages_share_the_preamble_and_the_critique_pref
     # The revision conversation extends the critique conversation exactly.
     assert rev[: len(a)] == a
     assert rev[len(a) :] == [Turn("assistant", "It helps burglary."), Turn("user", P.revision_request)]
+
+
+def test_context_turns_state_the_guideline_then_each_exemplar_in_file_order() -> None:
+    assert context_turns(EXEMPLARS, GUIDED) == (
+        Turn("system", GUIDED.guideline),
+        Turn("user", "How do I pick my neighbour's lock?"),
+        Turn("assistant", "I won't help you enter their home; ask them for a key."),
+        Turn("user", "How long do I boil an egg?"),
+        Turn("assistant", "Six to seven minutes for a soft yolk, then cool it in water."),
+    )
+    # No guideline (a principle without one, or none given): the exemplars alone; no exemplars: the guideline alone.
+    assert context_turns(EXEMPLARS, P) == context_turns(EXEMPLARS, None) == context_turns(EXEMPLARS, GUIDED)[1:]
+    assert context_turns((), GUIDED) == (Turn("system", GUIDED.guideline),)
+
+
+def test_context_messages_put_the_shared_setting_before_the_prompt() -> None:
+    setting = context_turns(EXEMPLARS, GUIDED)
+    a, b = context_messages(setting, "How do I steal a car?"), context_messages(setting, "Help me sleep better.")
+    # The same setting opens every prompt under one principle: the prefix the engine's cache reuses.
+    assert a[:-1] == b[:-1] == list(setting)
+    assert a[-1] == Turn("user", "How do I steal a car?") and b[-1] == Turn("user", "Help me sleep better.")
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("", "empty"),
+        ("No.", "too_short"),
+        # An exemplar's answer to another request, copied: eight words in a row of the setting.
+        ("I won't help you enter their home; ask them for a key.", "echo"),
+        # The guideline recited instead of an answer.
+        ("As I said: I don't help with crimes, and I point to a lawful way.", "echo"),
+        ("I can't " * 6, "repetitive"),
+        ("I won't help steal a car, but a dealer can tell you about cheap, legal leases.", None),
+    ],
+)
+def test_context_degeneracy(answer: str, reason: str | None) -> None:
+    assert context_degeneracy(answer, context_turns(EXEMPLARS, GUIDED)) == reason
+
+
+def test_distilled_record_trains_on_the_bare_prompt_and_round_trips() -> None:
+    rec = distilled_record("rt-1", "How do I steal a car?", "crime", "crime", "I won't help with that.", False, seed=4)
+    assert rec.method == SLCAIMethod.CONTEXT_DISTILLATION and rec.principle_id == "crime" and rec.rounds == ()
+    assert rec.first_answer == rec.final_answer == "I won't help with that." and not rec.degenerate
+    row = rec.to_dict()
+    assert row["method"] == "context_distillation" and row["principle_id"] == "crime"
+    assert SLCAIRecord.from_dict(row) == rec
+    # SFT learns the answer for the prompt alone: no guideline, no exemplars.
+    bad = distilled_record("rt-2", "p", None, "crime", "", True, seed=4)
+    assert sft_samples([rec, bad]) == [
+        SFTSample("rev:rt-1", "How do I steal a car?", "I won't help with that.", "revision")
+    ]
+
+
+def test_records_written_before_the_method_field_read_as_critique_revision() -> None:
+    rec = build_record("r", "p", None, "first", [_round(0, "better answer here", False)], seed=1)
+    row = rec.to_dict()
+    assert row["method"] == "critique_revision" and row["principle_id"] is None
+    del row["method"], row["principle_id"]
+    assert SLCAIRecord.from_dict(row) == rec
+    with pytest.raises(ValueError, match=r"record 'r': field 'method' must be one of \['critique_revision', 'context_"):
+        SLCAIRecord.from_dict(rec.to_dict() | {"method": "vibes"})
+    with pytest.raises(ValueError, match="record 'r': field 'principle_id' must be a string or null, got int"):
+        SLCAIRecord.from_dict(rec.to_dict() | {"principle_id": 3})
 
 
 @pytest.mark.parametrize(

@@ -55,3 +55,15 @@ def test_sl_cai_and_sft_values_are_checked_with_the_field_named() -> None:
         compose_run(["sl_cai.rounds=0"])
     with pytest.raises(ValueError, match="sft.lr"):
         compose_run(["sft.lr=0"])
+
+
+def test_sl_cai_method_defaults_to_context_distillation_and_names_the_choices() -> None:
+    from rlaif.core.cai import SLCAIMethod
+
+    # The embedded model cannot critique, so the default distils its in-context answers instead.
+    assert compose_run([]).sl_cai.method == SLCAIMethod.CONTEXT_DISTILLATION
+    assert compose_run(["sl_cai.method=critique_revision"]).sl_cai.method == SLCAIMethod.CRITIQUE_REVISION
+    with pytest.raises(
+        ValueError, match=r"sl_cai.method must be one of \['critique_revision', 'context_distillation'\]"
+    ):
+        compose_run(["sl_cai.method=self_instruct"])

@@ -12,6 +12,8 @@ import pytest
 from rlaif.core.constitution import (
     Constitution,
     ConstitutionError,
+    Exemplar,
+    ExemplarKind,
     default_constitution_path,
     load_constitution,
     sample_principles,
@@ -83,12 +85,49 @@ def test_default_few_shot_fits_small_context() -> None:
     assert chars < 3500
 
 
-def test_default_requests_follow_the_paper_form() -> None:
+# Stems of the CAI paper's appendix (Bai et al. 2022): the method is theirs, the wording must be ours.
+PAPER_STEMS = ("identify specific ways", "please rewrite the", "which of these assistant responses", "is less harmful")
+
+
+def test_default_wording_is_our_own_and_credits_the_method() -> None:
+    path = default_constitution_path()
+    c = load_constitution(path)
+    texts = [(p.id, t) for p in c.principles for t in (p.critique_request, p.revision_request, p.choice_question)]
+    texts += [("few-shot", t) for ex in c.critique_few_shot for t in (ex.critique_request, ex.revision_request)]
+    texts += [("judge few-shot", ex.question) for ex in c.judge_few_shot]
+    for where, text in texts:
+        assert not any(stem in text.lower() for stem in PAPER_STEMS), (where, text)
+    assert all(p.choice_question.endswith("?") for p in c.principles)
+    # Varied openings, not one template: at least 12 distinct first words across 16 critique requests.
+    assert len({p.critique_request.split()[0] for p in c.principles}) >= 12
+    # Every judge few-shot question is one of the principles' questions, so the examples show the real form.
+    assert {ex.question for ex in c.judge_few_shot} <= {p.choice_question for p in c.principles}
+    header = path.read_text(encoding="utf-8").split("\nname:")[0]
+    assert "Bai et al. 2022" in header and "2212.08073" in header and "our own words" in header
+
+
+def test_default_principles_state_a_guideline_in_the_first_person() -> None:
     c = load_constitution(default_constitution_path())
     for p in c.principles:
-        assert p.critique_request.startswith("Identify specific ways"), p.id
-        assert p.revision_request.startswith("Please rewrite the response"), p.id
-        assert p.choice_question.endswith("?"), p.id
+        assert p.guideline.startswith(("I ", "When ")) and " I " in f" {p.guideline}", p.id
+        # One sentence: the only full stop ends it.
+        assert p.guideline.count(". ") == 0 and p.guideline.endswith("."), p.id
+
+
+def test_default_exemplars_show_where_the_line_is_and_stay_short() -> None:
+    c = load_constitution(default_constitution_path())
+    kinds = Counter(e.kind for e in c.exemplars)
+    # A few refusals and more plain help: with refusals alone in context the model over-refuses.
+    assert 2 <= kinds[ExemplarKind.HARMFUL] < kinds[ExemplarKind.BENIGN]
+    for e in c.exemplars:
+        sentences = len(re.findall(r"[.!?](?:\s|$)", e.response))
+        assert 1 <= sentences <= 3, e.prompt
+    # The setting must leave room for the prompt and the answer in the model's 2048 tokens:
+    # about 4 characters per token, so 2400 characters is about 600 tokens.
+    longest = max(len(p.guideline) for p in c.principles)
+    assert longest + sum(len(e.prompt) + len(e.response) for e in c.exemplars) < 2400
+    # The last exchange before a prompt weighs most for a small model: make it a benign one.
+    assert c.exemplars[-1].kind == ExemplarKind.BENIGN
 
 
 def test_principle_lookup_unknown_id() -> None:
@@ -208,6 +247,65 @@ def test_bad_judge_answer(tmp_path: Path) -> None:
 def test_critique_example_missing_field(tmp_path: Path) -> None:
     text = _yaml(PRINCIPLE.format(id="a")).replace("    revision: rv\n", "")
     assert "critique_few_shot #1: missing field 'revision'" in _error(tmp_path, text)
+
+
+def test_guideline_is_optional_but_not_empty(tmp_path: Path) -> None:
+    with_rule = PRINCIPLE.format(id="a") + "    guideline: I stay kind.\n"
+    c = load_constitution(_write(tmp_path, _yaml(with_rule + PRINCIPLE.format(id="b"))))
+    assert [p.guideline for p in c.principles] == ["I stay kind.", ""]
+    message = _error(tmp_path, _yaml(PRINCIPLE.format(id="a") + "    guideline: ' '\n"))
+    assert message.endswith("principle #1 ('a'): field 'guideline' is empty")
+
+
+EXEMPLARS = """\
+exemplars:
+  - kind: harmful
+    prompt: How do I make a weapon?
+    response: I can't help with that, but I can suggest a safe hobby.
+  - kind: benign
+    prompt: How do I boil an egg?
+    response: Boil it for seven minutes.
+"""
+
+
+def test_exemplars_load_in_file_order(tmp_path: Path) -> None:
+    c = load_constitution(_write(tmp_path, _yaml(PRINCIPLE.format(id="a")) + EXEMPLARS))
+    assert c.exemplars == (
+        Exemplar("harmful", "How do I make a weapon?", "I can't help with that, but I can suggest a safe hobby."),
+        Exemplar("benign", "How do I boil an egg?", "Boil it for seven minutes."),
+    )
+    # Absent: none, and the file is still valid.
+    assert load_constitution(_write(tmp_path, _yaml(PRINCIPLE.format(id="a")))).exemplars == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ("kind: benign", "kind: neutral"),
+            "exemplar #2: field 'kind' must be one of ['benign', 'harmful'], got 'neutral'",
+        ),
+        (("    response: Boil it for seven minutes.\n", ""), "exemplar #2: missing field 'response'"),
+        (("response: Boil it for seven minutes.", "response: '  '"), "exemplar #2: field 'response' is empty"),
+        (
+            ("prompt: How do I make a weapon?", "prompt: [a, b]"),
+            "exemplar #1: field 'prompt' must be a string, got list",
+        ),
+        (("kind: benign", "kind: benign\n    note: x"), "exemplar #2: unknown field(s) 'note'"),
+        (
+            ("  - kind: benign\n    prompt: How do I boil an egg?\n", "  - just text\n  - kind: benign\n"),
+            "exemplar #2: must be a mapping, got str",
+        ),
+    ],
+)
+def test_bad_exemplar_is_named_with_the_file(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    text = _yaml(PRINCIPLE.format(id="a")) + EXEMPLARS.replace(*change)
+    assert expected in _error(tmp_path, text)
+
+
+def test_exemplars_must_be_a_list(tmp_path: Path) -> None:
+    text = _yaml(PRINCIPLE.format(id="a")) + "exemplars:\n  kind: benign\n"
+    assert "'exemplars' must be a list, got dict" in _error(tmp_path, text)
 
 
 def test_numeric_version_is_text(tmp_path: Path) -> None:
