@@ -280,8 +280,36 @@ class LabelConfig:
     cot_clamp_high: float = 0.6
     # Prompts (sampling) or comparisons (judging) per batched pool call; progress is saved after each.
     chunk_size: int = 64
+    # How each prompt's two responses are made (rlaif.core.contrastive.PairBuilder): sampled (two samples
+    # of the bare prompt) or contrastive (RLCD: one after the constitution's in-context setting, the
+    # principle's guideline and its exemplars, and one without it; the positive takes a random slot).
+    pairs: str = "sampled"
+    # contrastive only: a system message for the response without the setting; null: the bare prompt.
+    negative_system: str | None = None
+    # Where each label comes from (rlaif.core.contrastive.LabelSource): judge (its debiased soft label),
+    # construction (contrastive pairs only; no judge is started) or both (the mean of the two).
+    source: str = "judge"
+    # construction and both: P(the response made with the setting is preferred), in (0.5, 1]; below 1
+    # because contrastive pairs are noisy labels (RLCD), so the reward model is not pushed to certainty.
+    construction_confidence: float = 0.9
 
     def __post_init__(self) -> None:
+        from rlaif.core.contrastive import LABEL_SOURCES, LabelSource, PairBuilder
+
+        builders, sources = [b.value for b in PairBuilder], [s.value for s in LabelSource]
+        if self.pairs not in builders:
+            raise ValueError(f"label.pairs must be one of {builders}, got {self.pairs!r}")
+        if self.source not in sources:
+            raise ValueError(f"label.source must be one of {sources}, got {self.source!r}")
+        if LABEL_SOURCES[LabelSource(self.source)].uses_construction and self.pairs != PairBuilder.CONTRASTIVE:
+            raise ValueError(
+                f"label.source={self.source} labels pairs by construction, which needs "
+                f"label.pairs={PairBuilder.CONTRASTIVE.value}, got label.pairs={self.pairs}"
+            )
+        if not 0.5 < self.construction_confidence <= 1.0:
+            raise ValueError(f"label.construction_confidence must be in (0.5, 1], got {self.construction_confidence}")
+        if self.negative_system is not None and not self.negative_system.strip():
+            raise ValueError("label.negative_system must be null or a non-empty system message")
         if self.num_prompts < 0:
             raise ValueError(f"label.num_prompts must be >= 0, got {self.num_prompts}")
         for name in ("max_new_tokens", "principles_per_comparison", "cot_max_new_tokens", "chunk_size"):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rlaif.core.constitution import JudgeExample, Principle
+from rlaif.core.contrastive import SLOTS, PairBuilder, Slot
 
 OPTION_LETTERS = string.ascii_uppercase
 """Letters naming options (A), (B), ...; each is one token after "(" for SmolLM2's tokenizer."""
@@ -56,7 +57,13 @@ Order = Literal[1, 2]
 
 @dataclass(frozen=True)
 class ResponsePair:
-    """Two responses to one prompt from the policy; ``response_a`` is "response 1" of `soft_labels`."""
+    """Two responses to one prompt from the policy; ``response_a`` is "response 1" of `soft_labels`.
+
+    ``pairs`` names the builder that made them (`PairBuilder`). A contrastive pair also
+    records which slot holds the response made with the constitution's in-context
+    setting (``positive``) and the principle whose guideline that setting stated
+    (``context_principle``); both are None for sampled pairs.
+    """
 
     id: str
     prompt_id: str
@@ -64,6 +71,15 @@ class ResponsePair:
     response_a: str
     response_b: str
     policy_version: int
+    pairs: PairBuilder = PairBuilder.SAMPLED
+    positive: Slot | None = None
+    context_principle: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.pairs == PairBuilder.CONTRASTIVE) != (self.positive is not None):
+            raise ValueError(f"pair {self.id!r}: a {self.pairs.value} pair has positive={self.positive!r}")
+        if self.positive not in (None, *SLOTS):
+            raise ValueError(f"pair {self.id!r}: positive must be 'a' or 'b', got {self.positive!r}")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 The `preferences` stage writes, under ``<run_dir>/preferences/``:
 
-- ``pairs.jsonl``: one `ResponsePair` per line;
-- ``labels.jsonl``: one `PreferenceLabel` per line (plus any chain-of-thought text);
+- ``pairs.jsonl``: one `ResponsePair` per line (how it was built, and for a contrastive
+  pair the slot of its positive response);
+- ``labels.jsonl``: one `PairLabel` per line: the label, its source, and the judge's
+  verdict when the judge ran (plus any chain-of-thought text);
 - ``trl.jsonl``: ``prompt / chosen / rejected`` rows with the soft label, the form
   TRL's ``RewardTrainer`` and ``DPOTrainer`` read (DESIGN §4).
 
@@ -18,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from rlaif.core.contrastive import SLOTS, LabelSource, PairBuilder, PairLabel
 from rlaif.core.judging import MultipleChoiceItem, ResponsePair
 from rlaif.core.prompts import DatasetError
 from rlaif.core.soft_labels import PreferenceLabel, hard_label, is_position_flip, position_bias
@@ -80,19 +83,44 @@ def pair_to_row(pair: ResponsePair) -> dict[str, Any]:
         "response_a": pair.response_a,
         "response_b": pair.response_b,
         "policy_version": pair.policy_version,
+        "pairs": pair.pairs.value,
+        "positive": pair.positive,
+        "context_principle": pair.context_principle,
     }
 
 
+def _choice(row: Mapping[str, Any], name: str, allowed: Sequence[str], default: str | None, where: str) -> Any:
+    """``row[name]`` (`default` when absent or null) checked to be one of `allowed`."""
+    value = row.get(name)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise DatasetError(f"{where}: field {name!r} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
 def pair_from_row(row: Mapping[str, Any], where: str) -> ResponsePair:
+    """A pair from its row; rows written before contrastive pairs existed read as sampled pairs."""
     # Responses may legitimately be empty (a sample that stopped at once); ids and prompts may not.
-    return ResponsePair(
-        id=_text(row, "id", where),
-        prompt_id=_text(row, "prompt_id", where),
-        prompt=_text(row, "prompt", where),
-        response_a=_get(row, "response_a", str, where),
-        response_b=_get(row, "response_b", str, where),
-        policy_version=_get(row, "policy_version", int, where),
-    )
+    context = row.get("context_principle")
+    if context is not None and not isinstance(context, str):
+        raise DatasetError(f"{where}: field 'context_principle' has type {type(context).__name__}")
+    try:
+        return ResponsePair(
+            id=_text(row, "id", where),
+            prompt_id=_text(row, "prompt_id", where),
+            prompt=_text(row, "prompt", where),
+            response_a=_get(row, "response_a", str, where),
+            response_b=_get(row, "response_b", str, where),
+            policy_version=_get(row, "policy_version", int, where),
+            pairs=PairBuilder(_choice(row, "pairs", [b.value for b in PairBuilder], PairBuilder.SAMPLED, where)),
+            positive=_choice(row, "positive", SLOTS, None, where),
+            context_principle=context,
+        )
+    except ValueError as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{where}: {e}") from e
 
 
 def read_pairs(path: Path) -> list[ResponsePair]:
@@ -134,17 +162,60 @@ def label_from_row(row: Mapping[str, Any], where: str) -> PreferenceLabel:
         raise DatasetError(f"{where}: {e}") from e
 
 
-def read_labels(path: Path) -> list[PreferenceLabel]:
-    return [label_from_row(row, where) for where, row in numbered_rows(path)]
+def pair_label_to_row(label: PairLabel, reasonings: Sequence[str] = ()) -> dict[str, Any]:
+    """A ``labels.jsonl`` row: the label and its source, then the judge's fields (empty without a judge).
+
+    ``p_first`` is the label the reward model trains on; ``p_judge`` the judge's own
+    debiased probability (null when the judge did not run).
+    """
+    if label.judge is not None:
+        judge_fields = label_to_row(label.judge, reasonings)
+    else:
+        judge_fields = {"pair_id": label.pair_id, "principle_ids": [], "p_a_order1": [], "p_a_order2": None}
+        judge_fields |= {"cot": False, "reasonings": []}
+    return {
+        **judge_fields,
+        "p_first": label.p_first,
+        "source": label.source.value,
+        "p_judge": label.p_judge,
+        "p_construction": label.p_construction,
+    }
+
+
+def pair_label_from_row(row: Mapping[str, Any], where: str) -> PairLabel:
+    """A `PairLabel` from a ``labels.jsonl`` row; rows without ``source`` are the judge's (older files)."""
+    source = LabelSource(_choice(row, "source", [s.value for s in LabelSource], LabelSource.JUDGE.value, where))
+    judged = bool(row.get("principle_ids"))
+    p_judge = row.get("p_judge", row.get("p_first")) if judged else None
+    judge = label_from_row({**row, "p_first": p_judge}, where) if judged else None
+    p_construction = row.get("p_construction")
+    if p_construction is not None:
+        p_construction = float(_get(row, "p_construction", (int, float), where))
+    try:
+        return PairLabel(
+            pair_id=_text(row, "pair_id", where),
+            p_first=float(_get(row, "p_first", (int, float), where)),
+            source=source,
+            judge=judge,
+            p_construction=p_construction,
+        )
+    except ValueError as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{where}: {e}") from e
+
+
+def read_labels(path: Path) -> list[PairLabel]:
+    return [pair_label_from_row(row, where) for where, row in numbered_rows(path)]
 
 
 # --- TRL export -----------------------------------------------------------------
 
 
-def trl_row(pair: ResponsePair, label: PreferenceLabel) -> dict[str, Any]:
+def trl_row(pair: ResponsePair, label: PreferenceLabel | PairLabel) -> dict[str, Any]:
     """A ``prompt / chosen / rejected`` row (TRL's standard preference format) with the soft label.
 
-    ``chosen`` is the response the judge's soft label prefers (`hard_label`: an exact
+    ``chosen`` is the response the soft label prefers (`hard_label`: an exact
     0.5 tie goes to ``response_b``); ``p_chosen`` = P(chosen ≻ rejected) >= 0.5, and
     ``score_chosen`` / ``score_rejected`` = ``p_chosen`` / ``1 - p_chosen``.
     """

