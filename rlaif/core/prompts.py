@@ -8,6 +8,7 @@ losing or duplicating records (DESIGN §4).
     from rlaif.core.prompts import load_prompts, split_train_heldout
     records = load_prompts("builtin:red_team")          # shipped JSONL
     records = load_prompts("runs/x/prompts.parquet")     # by file suffix
+    records = load_prompts("my_prompts.txt")             # plain text, one prompt a line
     records = load_prompts("Anthropic/hh-rlhf", data_dir="harmless-base")
     train, heldout = split_train_heldout(records, heldout_fraction=0.05, seed=0)
 
@@ -35,13 +36,14 @@ __all__ = [
     "load_jsonl",
     "load_parquet",
     "load_prompts",
+    "load_text",
     "split_train_heldout",
     "stable_id",
 ]
 
 BUILTIN_PROMPT_SETS = ("red_team", "helpful")
 _BUILTIN_PREFIX = "builtin:"
-_KINDS = ("auto", "jsonl", "parquet", "hh_rlhf")
+_KINDS = ("auto", "jsonl", "parquet", "text", "hh_rlhf")
 
 
 class DatasetError(ValueError):
@@ -162,6 +164,32 @@ def load_jsonl(
     return _records_from_rows(rows(), source, prompt_field, id_field, category_field)
 
 
+def load_text(path: str | Path) -> tuple[PromptRecord, ...]:
+    """Read prompts from a plain-text file, one prompt a line (stripped); blank lines are skipped.
+
+    Ids are ``stable_id(prompt)``, so a repeated line is one record. A file that is not
+    UTF-8 text (a binary file given by mistake) fails naming the line it breaks on.
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{source}: cannot read file: {e.strerror or e}") from e
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        for number, raw in enumerate(data.splitlines(), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{source}: line {number}: not UTF-8 text ({e.reason})") from e
+            if "\x00" in line:
+                raise DatasetError(f"{source}: line {number}: holds a NUL byte (a binary file?)")
+            if line.strip():
+                yield f"line {number}", {"prompt": line.strip()}
+
+    return _records_from_rows(rows(), source, "prompt", "id", "category")
+
+
 def load_parquet(
     path: str | Path,
     prompt_field: str = "prompt",
@@ -253,8 +281,8 @@ def load_prompts(
     """Load prompts from ``builtin:red_team``/``builtin:helpful``, a file, or a dataset.
 
     ``kind="auto"`` picks by form: ``builtin:`` names and ``.jsonl`` files are
-    JSON lines, ``.parquet`` files Parquet, anything else hh-rlhf via
-    ``datasets``. ``split``/``data_dir`` apply to hh-rlhf only; the field names
+    JSON lines, ``.parquet`` files Parquet, ``.txt`` files plain text (one prompt
+    a line), anything else hh-rlhf via ``datasets``. ``split``/``data_dir`` apply to hh-rlhf only; the field names
     to JSONL and Parquet only.
     """
     if kind not in _KINDS:
@@ -267,11 +295,13 @@ def load_prompts(
             kind = "jsonl"
     if kind == "auto":
         suffix = Path(text).suffix.lower()
-        kind = {".jsonl": "jsonl", ".parquet": "parquet"}.get(suffix, "hh_rlhf")
+        kind = {".jsonl": "jsonl", ".parquet": "parquet", ".txt": "text"}.get(suffix, "hh_rlhf")
     if kind == "jsonl":
         return load_jsonl(path, prompt_field, id_field, category_field)
     if kind == "parquet":
         return load_parquet(path, prompt_field, id_field, category_field)
+    if kind == "text":
+        return load_text(path)
     return load_hh_rlhf(path, split=split, data_dir=data_dir)
 
 

@@ -46,6 +46,12 @@ def test_default_pipeline_runs_every_stage_on_the_embedded_model(embedded_model:
         for prompt_set in ("red_team", "helpful"):
             assert 0.0 <= summary["win_rates"][pair][prompt_set]["win_rate"] <= 1.0
     assert "rm_score_mean" in summary["models"]["policy"]["red_team"]
+    # Refusal rates by phrase, per model and held-out set, and the harmlessness-helpfulness plot.
+    for model in ("initial", "sft", "policy"):
+        for prompt_set in ("red_team", "helpful"):
+            assert 0.0 <= summary["refusal"][model][prompt_set] <= 1.0
+    assert (run_dir / "evaluate" / "harmless_helpful.png").read_bytes()[:4] == b"\x89PNG"
+    assert "evaluate: refusal rates" in done.stdout
     rl = json.loads((run_dir / "rl_cai" / "MANIFEST.json").read_text())
     assert rl["counts"]["iterations"] >= 1 and rl["summary"]["sync_bytes"] > 0
     assert (run_dir / "rl_cai" / "policy" / "model.safetensors").is_file()

@@ -18,6 +18,7 @@ from rlaif.core.prompts import (
     load_jsonl,
     load_parquet,
     load_prompts,
+    load_text,
     split_train_heldout,
     stable_id,
 )
@@ -248,3 +249,25 @@ def test_split_depends_on_seed_and_edges() -> None:
     assert split_train_heldout(records, 1.0, seed=0) == ((), tuple(records))
     with pytest.raises(ValueError):
         split_train_heldout(records, 1.5, seed=0)
+
+
+def test_load_text_one_prompt_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_text("How do I bake bread?\n\n  How do I pick a lock?  \nHow do I bake bread?\n", encoding="utf-8")
+    records = load_prompts(path)  # .txt picks the plain-text loader
+    # The blank line is skipped, the repeated prompt is one record, text is stripped.
+    assert [r.prompt for r in records] == ["How do I bake bread?", "How do I pick a lock?"]
+    assert records[0].id == stable_id("How do I bake bread?")
+
+
+def test_load_text_names_file_and_line_of_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"fine\n\xff\xfe broken\n")
+    with pytest.raises(DatasetError, match=r"prompts\.txt: line 2: not UTF-8 text"):
+        load_text(path)
+    with pytest.raises(DatasetError, match=r"missing\.txt: cannot read file"):
+        load_prompts(tmp_path / "missing.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DatasetError, match=r"empty\.txt: no records"):
+        load_text(empty)

@@ -1,0 +1,200 @@
+"""Command line: the evaluate stage's behaviour measures on any models and prompt files.
+
+    python -m rlaif.evaluate --model runs/x/rl_cai/policy --model smollm2-135m-instruct \\
+        --prompts red_team.jsonl --prompts helpful.txt --output eval.json
+    python -m rlaif.evaluate --model DIR --prompts p.txt --reward-model runs/x/reward_model/model
+    python -m rlaif.evaluate --model DIR --prompts p.txt eval.max_new_tokens=64 eval.refusal_judge=true
+
+Each ``--model`` (a Hugging Face folder, the embedded model's name or a hub id) answers
+every prompt of every ``--prompts`` file (JSONL with a ``prompt`` field, Parquet, or plain
+text with one prompt a line) through a pool of rollout actors, as in the evaluate stage
+(`rlaif.stages.eval_measures`). Per (model, prompt file) it reports the refusal rate by
+phrase (`rlaif.core.refusal`), the mean response length in tokens and, with
+``--reward-model``, the reward model's mean score; with ``eval.refusal_judge=true`` also
+the feedback model's refusal rate (``eval.judge_model``, else ``label.judge_model``, else
+``model.name``).
+
+Outputs: the JSON summary (``--output``, default ``evaluate.json``) with ``refusal``,
+``refusal_judge`` (if asked) and ``models`` keyed ``[model][prompt file]``, as the stage's
+``summary.json`` is; beside it ``<name>.responses.jsonl`` (every answer) and ``<name>.png``,
+a grouped bar chart of the refusal rate per model and prompt file (any number of files, so
+unlike the stage's harmlessness-helpfulness plot it needs no red-team/helpful pairing).
+Arguments of the form ``key=value`` are Hydra overrides of the config `python -m rlaif.run`
+composes (``eval.max_new_tokens=``, ``eval.temperature=``, ``engine=``, ``cluster.rollout.*=``,
+...). Ray: the cluster this process is already connected to, else ``cluster.address``, else a
+new local one. Bad input (a missing file, a bad line, an unknown model) ends the run with one
+line naming it and exit status 1, before Ray starts where it can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlaif.config import RunConfig
+from rlaif.core.prompts import DatasetError, PromptRecord, load_prompts
+
+log = logging.getLogger("rlaif.evaluate")
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m rlaif.evaluate",
+        description=__doc__.split("\n\n")[0],
+        epilog="Other arguments are config overrides, key=value, as for python -m rlaif.run "
+        "(eval.max_new_tokens=, eval.temperature=, eval.refusal_judge=true, engine=, ...).",
+    )
+    parser.add_argument("--model", action="append", required=True, help="model folder or name to evaluate (repeatable)")
+    parser.add_argument(
+        "--prompts",
+        action="append",
+        required=True,
+        type=Path,
+        help="prompt file: .jsonl with a 'prompt' field, .parquet, or plain text, one prompt a line (repeatable)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("evaluate.json"), help="JSON summary to write")
+    parser.add_argument("--reward-model", type=Path, default=None, help="reward-model folder: also report RM scores")
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if "=" not in a or a.startswith("-")]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (config overrides look like key=value)")
+    return args, rest
+
+
+def read_prompt_files(paths: list[Path]) -> list[tuple[str, PromptRecord]]:
+    """(file name as given, record) for every prompt of every file, in order.
+
+    Ids are prefixed with the file's position, so files that reuse ids (or prompts) keep theirs apart.
+    """
+    for path in paths:
+        if not path.is_file():
+            raise DatasetError(f"{path}: no such prompt file")
+    if len(set(map(str, paths))) != len(paths):
+        raise ValueError(f"--prompts: a file is given twice ({', '.join(map(str, paths))})")
+    out: list[tuple[str, PromptRecord]] = []
+    for i, path in enumerate(paths):
+        kind = {".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix.lower(), "text")
+        out += [(str(path), dataclasses.replace(r, id=f"{i}:{r.id}")) for r in load_prompts(path, kind=kind)]
+    return out
+
+
+def measure(
+    run: RunConfig, models: dict[str, Path], prompts: list[tuple[str, PromptRecord]], reward_model: Path | None
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The summary and the answers (model -> prompt id -> row) of `models` on `prompts`, on a connected Ray."""
+    from rlaif.stages.eval_measures import generate_each, judge_refusals, refusal_items, score_responses
+    from rlaif.stages.eval_summary import (
+        judged_refusal_summary,
+        model_summary,
+        refusal_summary,
+        set_sizes,
+    )
+
+    names = list(models)
+    responses = generate_each(run, models, prompts)
+    scores = None if reward_model is None else score_responses(run, reward_model, names, prompts, responses)
+    summary: dict[str, Any] = {
+        "model_paths": {name: str(path) for name, path in models.items()},
+        "prompts": set_sizes(prompts),
+        "refusal": refusal_summary(names, prompts, responses),
+        "models": model_summary(names, prompts, responses, scores),
+        "settings": {
+            "max_new_tokens": run.eval.max_new_tokens,
+            "temperature": run.eval.temperature,
+            "seed": run.seed,
+            "reward_model": None if reward_model is None else str(reward_model),
+        },
+    }
+    if run.eval.refusal_judge:
+        p_decline = judge_refusals(run, refusal_items(names, prompts, responses))
+        summary["refusal_judge"] = judged_refusal_summary(names, prompts, p_decline)
+    return summary, responses
+
+
+def write_outputs(
+    output: Path, summary: dict[str, Any], prompts: list[tuple[str, PromptRecord]], responses: dict[str, Any]
+) -> tuple[Path, Path]:
+    """The JSON summary, ``<stem>.responses.jsonl`` and ``<stem>.png`` beside it; the two side files' paths."""
+    from rlaif.core.io import atomic_write_text, write_jsonl
+    from rlaif.core.refusal import is_refusal
+    from rlaif.stages.eval_plot import plot_refusal_bars
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows_path = output.with_name(f"{output.stem}.responses.jsonl")
+    rows = (
+        {"model": m, "set": name, "prompt": p.prompt, "refusal": is_refusal(r[p.id]["response"]), **r[p.id]}
+        for m, r in responses.items()
+        for name, p in prompts
+    )
+    write_jsonl(rows_path, rows)
+    plot = plot_refusal_bars(summary["refusal"], output.with_name(f"{output.stem}.png"))
+    atomic_write_text(output, json.dumps(summary, indent=2) + "\n")
+    return rows_path, plot
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    """The user-facing summary: refusal rates, then lengths and RM scores."""
+    from rlaif.stages.eval_summary import refusal_lines
+
+    print("\nrefusal rate per model and prompt file" + (" (phrase / judge)" if "refusal_judge" in summary else ""))
+    for line in refusal_lines(summary["refusal"], summary.get("refusal_judge")):
+        print(f"  {line}")
+    for model, by_set in summary["models"].items():
+        for name, v in by_set.items():
+            rm = f", RM {v['rm_score_mean']:+.3f}" if "rm_score_mean" in v else ""
+            print(f"  {model} on {name}: {v['length_mean']:.0f} tokens{rm}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlaif.engines.models import resolve_model
+    from rlaif.errors import USER_ERRORS
+    from rlaif.score import compose
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run = compose(overrides)
+        prompts = read_prompt_files(args.prompts)
+        models = {name: resolve_model(name) for name in dict.fromkeys(args.model)}
+        if args.reward_model is not None and not (args.reward_model / "config.json").is_file():
+            raise ValueError(f"--reward-model {args.reward_model}: no config.json (not a model folder)")
+        started_ray = _connect(run)
+        try:
+            summary, responses = measure(run, models, prompts, args.reward_model)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        rows_path, plot = write_outputs(args.output, summary, prompts, responses)
+    except (ConfigCompositionException, OmegaConfBaseException, *USER_ERRORS) as err:
+        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    print_table(summary)
+    print(f"wrote {args.output}, {rows_path} and {plot}")
+    return 0
+
+
+def _connect(run: RunConfig) -> bool:
+    """Join the Ray cluster this process is on, else the configured one; whether this call started it."""
+    import ray
+
+    from rlaif.actors.cluster import ClusterSpec, connect
+
+    if ray.is_initialized():
+        return False
+    c = run.cluster
+    connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host))
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
