@@ -51,7 +51,7 @@ def check_inputs(run: RunConfig, run_dir: Path, model_path: Path) -> None:
         check_constitution(SLCAIMethod(c.method), constitution, constitution_file)
         setting = _longest_setting(constitution) if c.method == SLCAIMethod.CONTEXT_DISTILLATION else ()
         datasets.append((f"sl_cai.red_team={c.red_team}", red_team_prompts(c, run.seed), c.max_new_tokens, setting))
-        datasets.append((f"sl_cai.helpful={c.helpful}", helpful_prompts(c), c.max_new_tokens, ()))
+        datasets.append((f"sl_cai.helpful={c.helpful}", helpful_prompts(c, run.seed), c.max_new_tokens, ()))
     if "sl_cai" not in pending and any(s in ("rl_cai", "evaluate") for s in pending):
         # PPO and evaluation read sl_cai's sources too: their lines must parse and hold records.
         load_prompts(run.sl_cai.red_team, data_dir=run.sl_cai.red_team_data_dir)

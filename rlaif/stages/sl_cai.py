@@ -87,8 +87,11 @@ def red_team_prompts(cfg: SLCAIConfig, seed: int) -> tuple[PromptRecord, ...]:
     return train[: cfg.num_prompts] if cfg.num_prompts else train
 
 
-def helpful_prompts(cfg: SLCAIConfig) -> tuple[PromptRecord, ...]:
-    records = load_prompts(cfg.helpful, data_dir=cfg.helpful_data_dir)
+def helpful_prompts(cfg: SLCAIConfig, seed: int) -> tuple[PromptRecord, ...]:
+    """The helpfulness prompts' training split: the held-out split is the evaluate stage's alone."""
+    records, _ = split_train_heldout(
+        load_prompts(cfg.helpful, data_dir=cfg.helpful_data_dir), cfg.heldout_fraction, seed
+    )
     return records[: cfg.num_helpful] if cfg.num_helpful else records
 
 
@@ -193,7 +196,7 @@ def sl_cai_stage(ctx: StageContext) -> None:
     cpath = constitution_path(run)
     constitution = load_constitution(cpath)
     check_constitution(method, constitution, cpath)
-    prompts, helpful = red_team_prompts(cfg, run.seed), helpful_prompts(cfg)
+    prompts, helpful = red_team_prompts(cfg, run.seed), helpful_prompts(cfg, run.seed)
     fingerprint = _fingerprint(run, cpath)
     work = StepLog(out / "work", fingerprint)
     critics = _Critics(run, ctx.base_model, constitution)

@@ -67,3 +67,16 @@ def test_sl_cai_method_defaults_to_context_distillation_and_names_the_choices() 
         ValueError, match=r"sl_cai.method must be one of \['critique_revision', 'context_distillation'\]"
     ):
         compose_run(["sl_cai.method=self_instruct"])
+
+
+def test_no_training_stage_reads_the_held_out_prompts() -> None:
+    from rlaif.core.prompts import load_prompts, split_train_heldout
+    from rlaif.stages.sl_cai import helpful_prompts, red_team_prompts
+
+    run = compose_run(["sl_cai.num_prompts=0", "sl_cai.num_helpful=0", "sl_cai.heldout_fraction=0.2"])
+    s = run.sl_cai
+    for source, trained in ((s.red_team, red_team_prompts(s, run.seed)), (s.helpful, helpful_prompts(s, run.seed))):
+        train, heldout = split_train_heldout(load_prompts(source), s.heldout_fraction, run.seed)
+        # The evaluate stage's held-out split never reaches SL-CAI (and so SFT), and SL-CAI gets the rest.
+        assert heldout and not {r.id for r in heldout} & {r.id for r in trained}
+        assert {r.id for r in trained} == {r.id for r in train}
