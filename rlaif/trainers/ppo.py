@@ -6,7 +6,7 @@
 - the policy (actor): a causal LM in its own DeepSpeed engine;
 - the value model (critic): a causal-LM backbone with a scalar head read at every
   position (`ValueModel`), in a second DeepSpeed engine, started from the reward
-  model's folder as in InstructGPT / OpenRLHF (or from a causal LM with a zero head);
+  model's folder as in InstructGPT / OpenRLHF (or from a causal LM with a fresh head, `RewardModel.init_head`);
 - the reference: the frozen starting (SFT) policy, a plain module with no optimizer.
 
 The driver calls `logprobs_and_values` on rank shards of a `RolloutBatch`, builds the

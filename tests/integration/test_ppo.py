@@ -189,8 +189,16 @@ def test_one_critic_pass_trains_the_critic_as_a_second_pass_would(tiny_model: Pa
             assert getattr(once, field) == pytest.approx(getattr(twice, field), rel=1e-4), field
         critic = [k for k in w_once if k.startswith("critic.")]
         assert any(not torch.equal(w_once[k], start[k]) for k in critic), "the critic did not train"
+        # Adam's first step moves each weight by about lr * sign(gradient). The critic's fresh head is
+        # random (RewardModel.init_head), so its backbone gets gradients, and where one is at rounding
+        # level the two runs' signs may differ: such a weight differs by up to 2 lr. Every other
+        # weight must agree, and nearly all of them do.
+        differing = total = 0
         for k, v in w_once.items():
-            assert torch.allclose(v, w_twice[k], atol=1e-6), k
+            assert torch.allclose(v, w_twice[k], atol=2 * 1e-2 + 1e-6), k
+            differing += int((v - w_twice[k]).abs().gt(1e-6).sum())
+            total += v.numel()
+        assert differing <= 1e-3 * total, (differing, total)
         # Kept passes are for one update over the rows they saw, in one epoch: anything else is refused.
         outputs = concat_outputs(learner.run("logprobs_and_values", [(batch, None, True)]))
         exp, _ = make_experience(batch, outputs, scores, torch.zeros(4), 0.05, "k1", 1.0, 0.95, True)
