@@ -84,6 +84,8 @@ def test_rollout_critic_and_judge_killed_mid_batch_restart_and_their_batches_are
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     overrides = [
         "stages=[sl_cai,preferences]",
+        # The critique step is where the critic actor is killed.
+        "sl_cai.method=critique_revision",
         "sl_cai.rounds=1",
         "sl_cai.num_helpful=4",
         "sl_cai.max_new_tokens=96",
@@ -134,6 +136,8 @@ def test_driver_killed_mid_stage_resumes_without_losing_or_duplicating_records(
         run_dir,
         tiny_model,
         "stages=[sl_cai]",
+        # The kill waits for the critique step's first saved chunk.
+        "sl_cai.method=critique_revision",
         "sl_cai.rounds=1",
         "sl_cai.num_helpful=8",
         "sl_cai.chunk_size=6",
