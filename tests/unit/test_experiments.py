@@ -22,6 +22,8 @@ from rlaif.plan import STAGE_ROLES, build_plan, dry_run
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# The experiments that describe GPU clusters; `laptop` runs on this machine's CPUs.
+GPU_EXPERIMENTS = [name for name in EXPERIMENTS if name != "laptop"]
 register_configs()
 
 
@@ -31,10 +33,21 @@ def compose_run(overrides: list[str]) -> RunConfig:
 
 
 def test_the_named_experiments_exist() -> None:
-    assert {"small", "large", "large-colocated"} <= set(EXPERIMENTS)
+    assert {"small", "large", "large-colocated", "laptop"} <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_the_laptop_experiment_uses_train_splits_and_the_in_context_signal() -> None:
+    run = compose_run(["+experiment=laptop"])
+    assert run.engine.device == "cpu" and run.engine.dtype == "float32" and not run.deepspeed.bf16
+    assert run.sl_cai.method == "context_distillation"
+    assert (run.label.pairs, run.label.source) == ("contrastive", "construction")
+    # Every stage reads the prompts through sl_cai's held-out split; evaluate reads only the held-out part.
+    assert run.label.prompts == run.sl_cai.red_team and run.sl_cai.heldout_fraction > 0
+    samples = run.ppo.prompts_per_iteration * run.ppo.samples_per_prompt
+    assert samples // run.ppo.mini_batch_size * run.ppo.ppo_epochs >= 2
+
+
+@pytest.mark.parametrize("name", GPU_EXPERIMENTS)
 def test_experiment_plan_gives_each_gpu_once_and_fits_memory(name: str) -> None:
     run = compose_run([f"+experiment={name}"])
     assert run.engine.device == "cuda" and run.engine.dtype == "bfloat16" and run.deepspeed.zero_stage == 3
@@ -69,6 +82,11 @@ def test_large_uses_the_whole_cluster_with_tensor_parallel_engines() -> None:
     assert plan.sync is not None and plan.sync.backend == "nccl" and plan.sync.source.role == "learner"
     # 8.03e9 bf16 parameters = 16.06e9 bytes, in ceil(16.06e9 / 256 MiB) = 60 buckets.
     assert plan.sync.bytes_per_sync == 16_060_000_000 and plan.sync.buckets == 60
+
+
+@pytest.mark.parametrize("name", ["small", "large", "large-colocated"])
+def test_capable_models_run_the_papers_critique_revision_chains(name: str) -> None:
+    assert compose_run([f"+experiment={name}"]).sl_cai.method == "critique_revision"
 
 
 def test_colocated_rollout_shares_the_learner_gpus() -> None:
