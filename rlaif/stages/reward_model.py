@@ -92,6 +92,10 @@ def reward_model_stage(ctx: StageContext) -> None:
     log.info("reward model: held-out before %s, after %s", before, after)
 
 
+# Added to the run's seed for the reward model's own train/held-out split of the labelled prompts.
+RM_SPLIT_SALT = 1_000_003
+
+
 def load_reward_pairs(
     preferences: Path, heldout_fraction: float, seed: int
 ) -> tuple[list[RewardPair], list[RewardPair]]:
@@ -110,7 +114,10 @@ def load_reward_pairs(
         RewardPair(p.id, (Message("user", p.prompt),), p.response_a, p.response_b, labels[p.id].p_first) for p in pairs
     ]
     prompts = [PromptRecord(p.prompt_id, p.prompt) for p in pairs]
-    _, held = split_train_heldout(prompts, heldout_fraction, seed)
+    # A seed of its own: sl_cai's evaluation split hashes the same prompt ids with the run's seed, and
+    # every labelled prompt comes from its train side, so with reward_model.heldout_fraction at or
+    # below sl_cai.heldout_fraction the same hash would hold out none of them.
+    _, held = split_train_heldout(prompts, heldout_fraction, seed + RM_SPLIT_SALT)
     held_ids = {r.id for r in held}
     train = [d for d, p in zip(data, pairs, strict=True) if p.prompt_id not in held_ids]
     heldout = [d for d, p in zip(data, pairs, strict=True) if p.prompt_id in held_ids]
