@@ -115,7 +115,10 @@ def preferences_stage(ctx: StageContext) -> None:
         for p in pairs
     ]
     reasonings = {i: row.get("reasonings") or () for i, row in work.rows("labels").items()}
-    label_rows = [pair_label_to_row(label, reasonings.get(label.pair_id, ())) for label in labels]
+    # Every record keeps a stable `id` (the pair's), as the other stages' records do.
+    label_rows = [
+        {"id": label.pair_id, **pair_label_to_row(label, reasonings.get(label.pair_id, ()))} for label in labels
+    ]
     write_jsonl(out / "pairs.jsonl", (pair_to_row(p) for p in pairs))
     write_jsonl(out / "labels.jsonl", label_rows)
     trl = write_jsonl(out / "trl.jsonl", (trl_row(p, label) for p, label in zip(pairs, labels, strict=True)))
