@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -105,7 +106,7 @@ def pair_from_row(row: Mapping[str, Any], where: str) -> ResponsePair:
     context = row.get("context_principle")
     if context is not None and not isinstance(context, str):
         raise DatasetError(f"{where}: field 'context_principle' has type {type(context).__name__}")
-    try:
+    with _dataset_errors(where):
         return ResponsePair(
             id=_text(row, "id", where),
             prompt_id=_text(row, "prompt_id", where),
@@ -117,14 +118,21 @@ def pair_from_row(row: Mapping[str, Any], where: str) -> ResponsePair:
             positive=_choice(row, "positive", SLOTS, None, where),
             context_principle=context,
         )
-    except ValueError as e:
-        if isinstance(e, DatasetError):
-            raise
-        raise DatasetError(f"{where}: {e}") from e
 
 
 def read_pairs(path: Path) -> list[ResponsePair]:
     return [pair_from_row(row, where) for where, row in numbered_rows(path)]
+
+
+@contextmanager
+def _dataset_errors(where: str) -> Iterator[None]:
+    """A record that fails to build raises `DatasetError` naming the file and line (`where`)."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except ValueError as e:
+        raise DatasetError(f"{where}: {e}") from e
 
 
 # --- labels ---------------------------------------------------------------------
@@ -147,7 +155,7 @@ def label_from_row(row: Mapping[str, Any], where: str) -> PreferenceLabel:
     if not principle_ids or not all(isinstance(p, str) for p in principle_ids):
         raise DatasetError(f"{where}: field 'principle_ids' must be a non-empty list of strings")
     order2 = None if row.get("p_a_order2") is None else _probs(row, "p_a_order2", where)
-    try:
+    with _dataset_errors(where):
         return PreferenceLabel(
             pair_id=_text(row, "pair_id", where),
             principle_ids=tuple(principle_ids),
@@ -156,10 +164,6 @@ def label_from_row(row: Mapping[str, Any], where: str) -> PreferenceLabel:
             p_a_order2=order2,
             cot=_get(row, "cot", bool, where),
         )
-    except ValueError as e:
-        if isinstance(e, DatasetError):
-            raise
-        raise DatasetError(f"{where}: {e}") from e
 
 
 def pair_label_to_row(label: PairLabel, reasonings: Sequence[str] = ()) -> dict[str, Any]:
@@ -191,7 +195,7 @@ def pair_label_from_row(row: Mapping[str, Any], where: str) -> PairLabel:
     p_construction = row.get("p_construction")
     if p_construction is not None:
         p_construction = float(_get(row, "p_construction", (int, float), where))
-    try:
+    with _dataset_errors(where):
         return PairLabel(
             pair_id=_text(row, "pair_id", where),
             p_first=float(_get(row, "p_first", (int, float), where)),
@@ -199,10 +203,6 @@ def pair_label_from_row(row: Mapping[str, Any], where: str) -> PairLabel:
             judge=judge,
             p_construction=p_construction,
         )
-    except ValueError as e:
-        if isinstance(e, DatasetError):
-            raise
-        raise DatasetError(f"{where}: {e}") from e
 
 
 def read_labels(path: Path) -> list[PairLabel]:
