@@ -41,7 +41,8 @@ __all__ = [
     "stable_id",
 ]
 
-BUILTIN_PROMPT_SETS = ("red_team", "helpful")
+BUILTIN_PROMPT_SETS = ("red_team", "helpful", "sensitive", "sensitive_harmful")
+"""The shipped sets in ``rlaif/data/prompts`` (its README is their data card)."""
 _BUILTIN_PREFIX = "builtin:"
 _KINDS = ("auto", "jsonl", "parquet", "text", "hh_rlhf")
 
@@ -69,7 +70,7 @@ def stable_id(text: str) -> str:
 
 
 def builtin_prompts_path(name: str) -> Path:
-    """Path of a prompt set shipped in ``rlaif/data/prompts`` (``red_team`` or ``helpful``)."""
+    """Path of a prompt set shipped in ``rlaif/data/prompts``: one of `BUILTIN_PROMPT_SETS`."""
     if name not in BUILTIN_PROMPT_SETS:
         raise DatasetError(f"unknown builtin prompt set {name!r}; known: {', '.join(BUILTIN_PROMPT_SETS)}")
     return Path(__file__).resolve().parents[1] / "data" / "prompts" / f"{name}.jsonl"
