@@ -163,6 +163,14 @@ class SLCAIConfig:
     helpful_data_dir: str | None = None
     # How many helpfulness prompts to answer (0: all of them).
     num_helpful: int = 24
+    # Sensitive but benign requests (emotional support, health, relationships, grief, safety, legal and
+    # money trouble), answered plainly like the helpfulness prompts: they teach that a careful answer,
+    # not a refusal, is wanted. Same source forms as red_team; their held-out split is evaluated.
+    sensitive: str = "builtin:sensitive"
+    # hh-rlhf datasets only: the sub-folder to read; null for none.
+    sensitive_data_dir: str | None = None
+    # How many training sensitive prompts to answer (0: none).
+    num_sensitive: int = 24
     # Longest answer, critique or revision, in tokens.
     max_new_tokens: int = 96
     # Sampling temperature for answers, critiques and revisions (0: greedy).
@@ -182,7 +190,7 @@ class SLCAIConfig:
             raise ValueError(f"sl_cai.method must be one of {methods}, got {self.method!r}")
         if self.rounds < 1:
             raise ValueError(f"sl_cai.rounds must be >= 1, got {self.rounds}")
-        for name in ("num_prompts", "num_helpful", "max_new_tokens", "log_samples"):
+        for name in ("num_prompts", "num_helpful", "num_sensitive", "max_new_tokens", "log_samples"):
             if getattr(self, name) < 0 or (name == "max_new_tokens" and self.max_new_tokens == 0):
                 raise ValueError(f"sl_cai.{name} must be >= 0 (max_new_tokens >= 1), got {getattr(self, name)}")
         if self.chunk_size < 1:
@@ -254,6 +262,17 @@ class LabelConfig:
     prompts_data_dir: str | None = None
     # How many of the prompts to label (0: all). Prompts held out by sl_cai.heldout_fraction are never used.
     num_prompts: int = 24
+    # Sensitive-but-benign prompts (sl_cai.sensitive's training split) labelled as well (0: none). On
+    # them the wanted answer is the caring, substantive one: contrastive pairs put sensitive_principle's
+    # guideline and the benign exemplars on the positive side and the constitution's evasive exemplars
+    # on the negative side, and the judge asks sensitive_principle's question.
+    num_sensitive: int = 8
+    # The principle for sensitive prompts (an id in the constitution).
+    sensitive_principle: str = "needless-refusal"
+    # On a sensitive prompt's pair where exactly one response is a refusal (rlaif.core.refusal), label
+    # the other preferred with construction_confidence, whatever label.source says: a refusal of a
+    # benign request is never the better answer, and the embedded judge cannot be relied on to see it.
+    refusal_rule: bool = True
     # Policy that samples the pairs; null: <run_dir>/sft/model if the sft stage finished, else model.name.
     policy: str | None = None
     # Feedback model (the judge); null: model.name.
@@ -310,8 +329,9 @@ class LabelConfig:
             raise ValueError(f"label.construction_confidence must be in (0.5, 1], got {self.construction_confidence}")
         if self.negative_system is not None and not self.negative_system.strip():
             raise ValueError("label.negative_system must be null or a non-empty system message")
-        if self.num_prompts < 0:
-            raise ValueError(f"label.num_prompts must be >= 0, got {self.num_prompts}")
+        for name in ("num_prompts", "num_sensitive"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"label.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_new_tokens", "principles_per_comparison", "cot_max_new_tokens", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"label.{name} must be >= 1, got {getattr(self, name)}")
@@ -378,6 +398,9 @@ class PPOConfig:
     prompts_per_iteration: int = 8
     # Share of each iteration's prompts drawn from the helpfulness prompts (0: red-team only).
     helpful_fraction: float = 0.0
+    # Share drawn from the sensitive-but-benign prompts (sl_cai.sensitive's training split), so the
+    # policy meets requests where the reward model wants a caring answer, not a refusal.
+    sensitive_fraction: float = 0.0
     # Responses sampled per prompt.
     samples_per_prompt: int = 1
     # Longest response, in tokens.
@@ -468,6 +491,14 @@ class PPOConfig:
         for name in ("temperature", "actor_lr", "critic_lr", "clip_eps", "value_clip", "kl_target"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ppo.{name} must be > 0, got {getattr(self, name)}")
+        if (
+            not 0.0 <= self.helpful_fraction + self.sensitive_fraction <= 1.0
+            or min(self.helpful_fraction, self.sensitive_fraction) < 0.0
+        ):
+            raise ValueError(
+                "ppo: helpful_fraction and sensitive_fraction must be >= 0 and sum to at most 1, got "
+                f"{self.helpful_fraction} and {self.sensitive_fraction}"
+            )
         if not (0.0 <= self.helpful_fraction <= 1.0 and 0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ValueError(
                 f"ppo: helpful_fraction, gamma and lam must be in [0, 1], got "
@@ -511,6 +542,12 @@ class EvalConfig:
     num_red_team: int = 8
     # Held-out helpfulness prompts (the same split of sl_cai.helpful; 0: all of them).
     num_helpful: int = 8
+    # Held-out sensitive-but-benign prompts (the same split of sl_cai.sensitive; 0: all of them).
+    num_sensitive: int = 8
+    # Harmful requests close to the sensitive topics (refusal wanted), a set no training stage reads.
+    sensitive_harmful: str = "builtin:sensitive_harmful"
+    # How many of them to evaluate (0: all).
+    num_sensitive_harmful: int = 8
     # Longest response, in tokens.
     max_new_tokens: int = 48
     # Sampling temperature (0: greedy, so reruns agree).
@@ -526,7 +563,7 @@ class EvalConfig:
     refusal_judge: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("num_red_team", "num_helpful", "log_samples"):
+        for name in ("num_red_team", "num_helpful", "num_sensitive", "num_sensitive_harmful", "log_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_new_tokens", "principles_per_comparison"):

@@ -4,11 +4,17 @@
         --prompts red_team.jsonl --prompts helpful.txt --output eval.json
     python -m rlaif.evaluate --model DIR --prompts p.txt --reward-model runs/x/reward_model/model
     python -m rlaif.evaluate --model DIR --prompts p.txt eval.max_new_tokens=64 eval.refusal_judge=true
+    python -m rlaif.evaluate --model DIR --heldout --prompts builtin:red_team --prompts builtin:helpful \
+        --prompts builtin:sensitive sl_cai.heldout_fraction=0.2
 
 Each ``--model`` (a Hugging Face folder, the embedded model's name or a hub id) answers
 every prompt of every ``--prompts`` file (JSONL with a ``prompt`` field, Parquet, or plain
-text with one prompt a line) through a pool of rollout actors, as in the evaluate stage
-(`rlaif.stages.eval_measures`). Per (model, prompt file) it reports the refusal rate by
+text with one prompt a line; or a shipped set, ``builtin:red_team``, ``builtin:helpful``,
+``builtin:sensitive``) through a pool of rollout actors, as in the evaluate stage
+(`rlaif.stages.eval_measures`). ``--heldout`` keeps only the held-out split of each set
+(`rlaif.core.prompts.split_train_heldout` at ``sl_cai.heldout_fraction`` and ``seed``,
+both overridable), exactly the prompts the evaluate stage measures and no training stage
+reads. Per (model, prompt file) it reports the refusal rate by
 phrase (`rlaif.core.refusal`), the mean response length in tokens and, with
 ``--reward-model``, the reward model's mean score; with ``eval.refusal_judge=true`` also
 the feedback model's refusal rate (``eval.judge_model``, else ``label.judge_model``, else
@@ -37,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import RunConfig
-from rlaif.core.prompts import DatasetError, PromptRecord, load_prompts
+from rlaif.core.prompts import DatasetError, PromptRecord, load_prompts, split_train_heldout
 
 log = logging.getLogger("rlaif.evaluate")
+BUILTIN = "builtin:"
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -54,8 +61,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--prompts",
         action="append",
         required=True,
-        type=Path,
-        help="prompt file: .jsonl with a 'prompt' field, .parquet, or plain text, one prompt a line (repeatable)",
+        help="prompt file: .jsonl with a 'prompt' field, .parquet, or plain text, one prompt a line; or a "
+        "shipped set, builtin:red_team, builtin:helpful or builtin:sensitive (repeatable)",
+    )
+    parser.add_argument(
+        "--heldout",
+        action="store_true",
+        help="keep only each set's held-out split (sl_cai.heldout_fraction and seed, as the evaluate stage)",
     )
     parser.add_argument("--output", type=Path, default=Path("evaluate.json"), help="JSON summary to write")
     parser.add_argument("--reward-model", type=Path, default=None, help="reward-model folder: also report RM scores")
@@ -66,20 +78,31 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, rest
 
 
-def read_prompt_files(paths: list[Path]) -> list[tuple[str, PromptRecord]]:
-    """(file name as given, record) for every prompt of every file, in order.
+def read_prompt_files(sources: list[str], heldout: tuple[float, int] | None = None) -> list[tuple[str, PromptRecord]]:
+    """(set name, record) for every prompt of every source, in order.
 
-    Ids are prefixed with the file's position, so files that reuse ids (or prompts) keep theirs apart.
+    A file's set name is its path as given; a shipped set's is its name (``builtin:sensitive``
+    -> ``sensitive``, as in the stage's summary). With `heldout` = (fraction, seed) only each
+    set's held-out split is kept. Ids are prefixed with the source's position, so sources
+    that reuse ids (or prompts) keep theirs apart.
     """
-    for path in paths:
-        if not path.is_file():
-            raise DatasetError(f"{path}: no such prompt file")
-    if len(set(map(str, paths))) != len(paths):
-        raise ValueError(f"--prompts: a file is given twice ({', '.join(map(str, paths))})")
+    for source in sources:
+        if not source.startswith(BUILTIN) and not Path(source).is_file():
+            raise DatasetError(f"{source}: no such prompt file")
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"--prompts: a source is given twice ({', '.join(sources)})")
     out: list[tuple[str, PromptRecord]] = []
-    for i, path in enumerate(paths):
-        kind = {".jsonl": "jsonl", ".parquet": "parquet"}.get(path.suffix.lower(), "text")
-        out += [(str(path), dataclasses.replace(r, id=f"{i}:{r.id}")) for r in load_prompts(path, kind=kind)]
+    for i, source in enumerate(sources):
+        if source.startswith(BUILTIN):
+            name, records = source.removeprefix(BUILTIN), load_prompts(source)
+        else:
+            kind = {".jsonl": "jsonl", ".parquet": "parquet"}.get(Path(source).suffix.lower(), "text")
+            name, records = source, load_prompts(Path(source), kind=kind)
+        if heldout is not None:
+            _, records = split_train_heldout(records, *heldout)
+            if not records:
+                raise DatasetError(f"{source}: --heldout: nothing held out at sl_cai.heldout_fraction={heldout[0]}")
+        out += [(name, dataclasses.replace(r, id=f"{i}:{r.id}")) for r in records]
     return out
 
 
@@ -162,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run = compose(overrides)
-        prompts = read_prompt_files(args.prompts)
+        heldout = (run.sl_cai.heldout_fraction, run.seed) if args.heldout else None
+        prompts = read_prompt_files(args.prompts, heldout)
         models = {name: resolve_model(name) for name in dict.fromkeys(args.model)}
         if args.reward_model is not None and not (args.reward_model / "config.json").is_file():
             raise ValueError(f"--reward-model {args.reward_model}: no config.json (not a model folder)")

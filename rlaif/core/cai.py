@@ -424,7 +424,8 @@ class SFTSample:
     """One supervised example: a bare user prompt and the assistant response to learn.
 
     `source` is ``"revision"`` (an SL-CAI record's final answer: a final revision, or
-    under context distillation the answer given in context) or ``"helpful"``.
+    under context distillation the answer given in context), ``"helpful"`` or ``"sensitive"``
+    (plain answers to benign prompts).
     """
 
     id: str

@@ -84,20 +84,29 @@ class JudgeExample:
 
 
 class ExemplarKind(StrEnum):
-    """What an exemplar shows: declining a harmful request, or simply helping with a benign one."""
+    """What an exemplar shows.
+
+    ``harmful``: declining a harmful request; ``benign``: simply helping with a benign one.
+    Both are the manner the constitution wants (`Constitution.wanted_exemplars`).
+    ``evasive``: a needless refusal of a sensitive but benign request: the manner it does
+    *not* want, never shown as an example to follow; it is only the negative side's context
+    of contrastive pairs on sensitive prompts (`Constitution.evasive_exemplars`).
+    """
 
     HARMFUL = "harmful"
     BENIGN = "benign"
+    EVASIVE = "evasive"
 
 
 @dataclass(frozen=True)
 class Exemplar:
-    """A short exchange shown in context: a request and the answer the constitution wants.
+    """A short exchange shown in context: a request and an answer of its `ExemplarKind`.
 
     For a ``harmful`` request the answer declines and offers a safe, lawful alternative;
     for a ``benign`` one it simply helps. Context distillation (Askell et al. 2021) and
     contrastive pairs (Yang et al. 2023) put these before a prompt so that even a small
-    model answers in their manner.
+    model answers in their manner. An ``evasive`` one declines a benign request: the
+    counter-example contrastive pairs use on their negative side.
     """
 
     kind: str
@@ -127,6 +136,20 @@ class Constitution:
     @property
     def principle_ids(self) -> tuple[str, ...]:
         return tuple(p.id for p in self.principles)
+
+    def exemplars_of(self, *kinds: ExemplarKind) -> tuple[Exemplar, ...]:
+        """The exemplars of these kinds, in file order."""
+        return tuple(e for e in self.exemplars if e.kind in kinds)
+
+    @property
+    def wanted_exemplars(self) -> tuple[Exemplar, ...]:
+        """The exemplars to follow (harmful and benign), in file order: every in-context setting shows these."""
+        return self.exemplars_of(ExemplarKind.HARMFUL, ExemplarKind.BENIGN)
+
+    @property
+    def evasive_exemplars(self) -> tuple[Exemplar, ...]:
+        """The needless refusals, in file order: only ever the negative side's context."""
+        return self.exemplars_of(ExemplarKind.EVASIVE)
 
 
 def default_constitution_path() -> Path:

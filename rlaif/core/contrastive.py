@@ -47,6 +47,7 @@ __all__ = [
     "label_pair",
     "place_positive",
     "positive_slot",
+    "refusal_rule_probability",
     "register_label_source",
 ]
 
@@ -244,6 +245,25 @@ def label_pair(
         judge=judge if spec.uses_judge else None,
         p_construction=p_construction,
     )
+
+
+# --- a refusal of a benign request is never the better answer ---------------------------
+
+
+def refusal_rule_probability(
+    refuses_a: bool, refuses_b: bool, *, confidence: float = DEFAULT_CONFIDENCE
+) -> float | None:
+    """P(response a preferred) on a benign prompt's pair by the refusal rule, or None where it has no say.
+
+    Where exactly one of the two responses declines the (benign) request, the other is
+    preferred with `confidence`; where both or neither decline, the rule is silent and the
+    pair keeps the label its source gave it. The refusal flags come from a detector
+    (``rlaif.core.refusal.is_refusal``) run by the caller.
+    """
+    _check_confidence(confidence)
+    if refuses_a == refuses_b:
+        return None
+    return 1.0 - confidence if refuses_a else confidence
 
 
 # --- does the judge agree with construction? -----------------------------------------

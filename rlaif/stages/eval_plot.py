@@ -3,8 +3,9 @@
 - `plot_harmless_helpful`: the CAI paper's harmlessness-against-helpfulness view
   (Bai et al. 2022, Fig. 2 and 8), measured by refusals: x is how often a model declines
   red-team prompts (higher: more harmless, or more evasive), y is how often it
-  answers helpfulness prompts (1 - their refusal rate; higher: more helpful). The
-  ideal model sits top right: it declines harmful requests and answers benign ones.
+  answers benign prompts (1 - their refusal rate; higher: more helpful), one marker per
+  benign set: task-style helpfulness requests and sensitive-but-benign ones. The ideal
+  model sits top right: it declines harmful requests and answers benign ones.
 - `plot_refusal_bars`: refusal rate per model, one bar per prompt set, for any sets.
 
 matplotlib is imported inside each function, so importing this module costs nothing.
@@ -30,21 +31,37 @@ def _pyplot() -> Any:
     return plt
 
 
+MARKERS = ("o", "s", "^", "D", "v")
+
+
 def plot_harmless_helpful(
-    refusal: Refusal, path: Path, harmful_set: str = "red_team", helpful_set: str = "helpful"
+    refusal: Refusal, path: Path, harmful_set: str = "red_team", helpful_sets: tuple[str, ...] = ("helpful",)
 ) -> Path:
-    """One labelled point per model: (refusal rate on `harmful_set`, 1 - refusal rate on `helpful_set`)."""
+    """Per model and benign set, a point (refusal rate on `harmful_set`, 1 - refusal rate on that set).
+
+    One marker shape per benign set in `helpful_sets` (a legend names them), one colour per
+    model, and a line joins a model's points, so task-style helpfulness and the answering
+    of sensitive requests read off the same axes.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(6, 5))
     try:
-        for model, by_set in refusal.items():
-            x, y = by_set[harmful_set], 1.0 - by_set[helpful_set]
-            ax.scatter([x], [y], s=60, zorder=3)
-            ax.annotate(model, (x, y), textcoords="offset points", xytext=(6, 6))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (model, by_set) in enumerate(refusal.items()):
+            colour = colours[i % len(colours)]
+            x = by_set[harmful_set]
+            ys = [1.0 - by_set[name] for name in helpful_sets]
+            if len(ys) > 1:
+                ax.plot([x] * len(ys), ys, color=colour, alpha=0.4, zorder=2)
+            for j, (name, y) in enumerate(zip(helpful_sets, ys, strict=True)):
+                label = name if i == 0 else None
+                ax.scatter([x], [y], s=60, zorder=3, color=colour, marker=MARKERS[j % len(MARKERS)], label=label)
+            ax.annotate(model, (x, max(ys)), textcoords="offset points", xytext=(6, 6), color=colour)
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel(f"harmlessness: refusal rate on {harmful_set} prompts")
-        ax.set_ylabel(f"helpfulness: 1 - refusal rate on {helpful_set} prompts")
+        ax.set_ylabel("helpfulness: 1 - refusal rate on the benign set")
+        ax.legend(title="benign set", loc="lower left")
         ax.set_title("Harmlessness against helpfulness (top right is best)")
         ax.grid(True, alpha=0.3)
         path.parent.mkdir(parents=True, exist_ok=True)

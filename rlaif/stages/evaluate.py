@@ -1,15 +1,16 @@
 """Stage ``evaluate``: the initial model, the SFT model and the RL-CAI policy on held-out prompts.
 
-On each named held-out prompt set (`heldout_sets`: red-team and helpfulness prompts from
-``sl_cai.heldout_fraction``'s split, which no training stage sees), each model answers
-every prompt; then
+On each named held-out prompt set (`heldout_sets`: red-team, task-style helpfulness and
+sensitive-but-benign prompts from ``sl_cai.heldout_fraction``'s split, which no training
+stage sees, and the harmful counterparts of the sensitive prompts, which no training stage
+reads at all), each model answers every prompt; then
 
 - the constitutional judge compares the policy with each earlier model on every prompt, in both
   orders (position bias cancels in the average, Lee et al. 2023), over
   ``eval.principles_per_comparison`` sampled principles: soft and hard win rates;
 - refusals are counted by phrase (`rlaif.core.refusal`): the share of answers that decline,
   per model and set, which is how harmless a model is on red-team prompts and how evasive
-  on helpful ones; with ``eval.refusal_judge=true`` the judge is also asked of every answer
+  on helpful and sensitive ones; with ``eval.refusal_judge=true`` the judge is also asked of every answer
   whether it declines (``refusal_judge`` beside the phrase-based ``refusal``);
 - the reward model (``<run_dir>/reward_model/model``, if present) scores every answer;
 - response lengths are counted.
@@ -20,12 +21,12 @@ model's weights in turn (`RolloutWorker.update_weights`). Outputs under
 ``refusal`` flag), ``comparisons.jsonl`` (one row per model pair and prompt),
 ``summary.json`` (``models``, ``win_rates``, ``refusal[model][set]``, and
 ``refusal_judge[model][set]`` when asked), ``harmless_helpful.png`` (red-team refusal
-rate against 1 - helpful refusal rate, one point per model, `rlaif.stages.eval_plot`),
+rate against 1 - refusal rate on each benign set, `rlaif.stages.eval_plot`),
 and ``MANIFEST.json`` last. Generation and judging are logged as they finish
 (`rlaif.core.resume`), so a killed run redoes only what is missing. The same measures
 on any models and prompt files: ``python -m rlaif.evaluate`` (`rlaif.evaluate`).
 
-    python -m rlaif.run stages=[evaluate] eval.num_red_team=0 eval.num_helpful=0
+    python -m rlaif.run stages=[evaluate] eval.num_red_team=0 eval.num_helpful=0 eval.num_sensitive=0
 """
 
 from __future__ import annotations
@@ -79,18 +80,25 @@ MODELS = ("initial", "sft", "policy")
 # (a, b): how often the judge prefers a's answer to b's. The final policy against each earlier model
 # (an sft-vs-initial pair would cost a third more judging for a question the SFT stage answers).
 PAIRS = (("policy", "initial"), ("policy", "sft"))
-# The plot's axes: refusals on the first set measure harmlessness, answers on the second helpfulness.
-HARMFUL_SET, HELPFUL_SET = "red_team", "helpful"
+# The plot's axes: refusals on the first set measure harmlessness, answers on the others helpfulness
+# (task-style requests) and the absence of evasion (sensitive-but-benign requests).
+HARMFUL_SET, HELPFUL_SET, SENSITIVE_SET = "red_team", "helpful", "sensitive"
+# Harmful requests close to the sensitive topics: the other side of that line (refusal is wanted).
+SENSITIVE_HARMFUL_SET = "sensitive_harmful"
 PLOT = "harmless_helpful.png"
 
 
 class HeldoutSet(NamedTuple):
-    """A named held-out prompt set: the held-out split of `source`, its first `num_prompts` (0: all)."""
+    """A named held-out prompt set: the held-out split of `source`, its first `num_prompts` (0: all).
+
+    ``whole``: a set no training stage reads is held out entirely.
+    """
 
     name: str
     source: str
     data_dir: str | None
     num_prompts: int
+    whole: bool = False
 
 
 def model_folders(ctx: StageContext) -> dict[str, Path]:
@@ -112,6 +120,8 @@ def heldout_sets(run: RunConfig) -> list[HeldoutSet]:
     return [
         HeldoutSet(HARMFUL_SET, s.red_team, s.red_team_data_dir, cfg.num_red_team),
         HeldoutSet(HELPFUL_SET, s.helpful, s.helpful_data_dir, cfg.num_helpful),
+        HeldoutSet(SENSITIVE_SET, s.sensitive, s.sensitive_data_dir, cfg.num_sensitive),
+        HeldoutSet(SENSITIVE_HARMFUL_SET, cfg.sensitive_harmful, None, cfg.num_sensitive_harmful, whole=True),
     ]
 
 
@@ -119,8 +129,9 @@ def heldout_prompts(run: RunConfig) -> list[tuple[str, PromptRecord]]:
     """(set name, record) for the first ``num_prompts`` held-out prompts of each of `heldout_sets`."""
     s = run.sl_cai
     out: list[tuple[str, PromptRecord]] = []
-    for name, source, data_dir, n in heldout_sets(run):
-        _, heldout = split_train_heldout(load_prompts(source, data_dir=data_dir), s.heldout_fraction, run.seed)
+    for name, source, data_dir, n, whole in heldout_sets(run):
+        records = load_prompts(source, data_dir=data_dir)
+        heldout = records if whole else split_train_heldout(records, s.heldout_fraction, run.seed)[1]
         out += [(name, r) for r in (heldout[:n] if n else heldout)]
     if not out:
         raise ValueError(f"evaluate: no held-out prompts (sl_cai.heldout_fraction={s.heldout_fraction})")
@@ -296,11 +307,12 @@ def evaluate_stage(ctx: StageContext) -> None:
 
 
 def _plot(refusal: ByModelAndSet, path: Path) -> Path | None:
-    """The harmlessness-helpfulness plot, if both of its prompt sets were evaluated."""
-    if not all(name in by_set for by_set in refusal.values() for name in (HARMFUL_SET, HELPFUL_SET)):
-        log.warning("evaluate: no %s or no %s prompts held out; %s is left out", HARMFUL_SET, HELPFUL_SET, path.name)
+    """The harmlessness-helpfulness plot, if the red-team set and a benign set were evaluated."""
+    benign = tuple(n for n in (HELPFUL_SET, SENSITIVE_SET) if all(n in by_set for by_set in refusal.values()))
+    if not benign or not all(HARMFUL_SET in by_set for by_set in refusal.values()):
+        log.warning("evaluate: no %s or no benign prompts held out; %s is left out", HARMFUL_SET, path.name)
         return None
-    return plot_harmless_helpful(refusal, path, HARMFUL_SET, HELPFUL_SET)
+    return plot_harmless_helpful(refusal, path, HARMFUL_SET, benign)
 
 
 def _response_rows(

@@ -11,6 +11,10 @@ chunk:
   then the exemplars) and one without it, on the bare prompt or after
   ``label.negative_system`` (RLCD, Yang et al. 2023, arXiv 2307.12950). Both sides
   use the same sampling settings. The positive takes the slot `positive_slot` picks.
+  For sensitive-but-benign prompts (`PairSetting.benign_principle` set) the direction
+  turns: the positive side states that principle (against needless refusal) before the
+  benign exemplars only, and the negative side follows the evasive exemplars, needless
+  refusals, so the pair contrasts a caring answer with an evasive one.
 
 Plain Python (no Ray): the stage passes the pool in as ``generate``.
 """
@@ -22,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from rlaif.core.cai import context_turns
-from rlaif.core.constitution import Constitution, Principle, sample_principles
+from rlaif.core.constitution import Constitution, Exemplar, ExemplarKind, Principle, sample_principles
 from rlaif.core.contrastive import PairBuilder, place_positive, positive_slot
 from rlaif.core.judging import ResponsePair
 from rlaif.core.prompts import PromptRecord
@@ -34,11 +38,16 @@ Generate = Callable[[Sequence[Sequence[Message]], SamplingParams], list[Generati
 
 @dataclass(frozen=True)
 class PairSetting:
-    """What a builder needs besides the prompts: the constitution, the run's seed, the negative side's system."""
+    """What a builder needs besides the prompts: the constitution, the run's seed, the negative side's system.
+
+    ``benign_principle``: set for a chunk of sensitive-but-benign prompts (the principle
+    against needless refusal); None for red-team prompts.
+    """
 
     constitution: Constitution
     seed: int
     negative_system: str | None = None
+    benign_principle: Principle | None = None
 
 
 class BuildPairs(Protocol):
@@ -88,18 +97,23 @@ def sampled_pairs(
     return pairs
 
 
-def positive_chat(constitution: Constitution, principle: Principle, prompt: str) -> list[Message]:
-    """The setting (guideline, then exemplars) and the prompt: the setting first, so the prefix cache serves it."""
-    return [
-        *(Message(t.role, t.content) for t in context_turns(constitution.exemplars, principle)),
-        Message("user", prompt),
-    ]
+def positive_chat(
+    constitution: Constitution, principle: Principle, prompt: str, *, benign: bool = False
+) -> list[Message]:
+    """The setting (guideline, then exemplars) and the prompt: the setting first, so the prefix cache serves it.
+
+    The exemplars are the wanted ones (harmful and benign); for a sensitive prompt (`benign`),
+    the benign ones alone, so no refusal is in view.
+    """
+    exemplars = constitution.exemplars_of(ExemplarKind.BENIGN) if benign else constitution.wanted_exemplars
+    return [*(Message(t.role, t.content) for t in context_turns(exemplars, principle)), Message("user", prompt)]
 
 
-def negative_chat(negative_system: str | None, prompt: str) -> list[Message]:
-    """The bare prompt, after `negative_system` when one is given."""
+def negative_chat(negative_system: str | None, prompt: str, evasive: Sequence[Exemplar] = ()) -> list[Message]:
+    """The prompt, after `negative_system` when one is given and after the `evasive` exemplars (sensitive prompts)."""
     system = [Message("system", negative_system)] if negative_system is not None else []
-    return [*system, Message("user", prompt)]
+    shown = [Message(t.role, t.content) for t in context_turns(evasive, None)]
+    return [*system, *shown, Message("user", prompt)]
 
 
 @register_pair_builder(PairBuilder.CONTRASTIVE)
@@ -112,10 +126,12 @@ def contrastive_pairs(
     setting run together (and a pool's contiguous shards see few distinct settings),
     then the negatives.
     """
-    principles = [context_principle(setting.constitution, setting.seed, p.id) for p in prompts]
+    c, benign = setting.constitution, setting.benign_principle
+    principles = [benign or context_principle(c, setting.seed, p.id) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: principles[i].id)
-    chats = [positive_chat(setting.constitution, principles[i], prompts[i].prompt) for i in order]
-    chats += [negative_chat(setting.negative_system, p.prompt) for p in prompts]
+    chats = [positive_chat(c, principles[i], prompts[i].prompt, benign=benign is not None) for i in order]
+    evasive = c.evasive_exemplars if benign is not None else ()
+    chats += [negative_chat(setting.negative_system, p.prompt, evasive) for p in prompts]
     generations = generate(chats, replace(params, n=1))
     if len(generations) != 2 * len(prompts):
         raise ValueError(f"contrastive pairs: {len(chats)} chats gave {len(generations)} generations")

@@ -17,6 +17,15 @@
    pair's label: ``judge`` (the judge's soft label), ``construction`` (the positive
    preferred with `label.construction_confidence`) or ``both`` (their mean).
 
+`label.num_sensitive` sensitive-but-benign prompts (the training split of
+`sl_cai.sensitive`) are labelled too, in the other direction: there the caring,
+substantive answer is the wanted one. Contrastive pairs state
+`label.sensitive_principle` (against needless refusal) before the benign exemplars on
+the positive side and show the constitution's evasive exemplars on the negative side;
+the judge asks that principle's question; and under `label.refusal_rule` a pair with
+exactly one refusal (`rlaif.core.refusal`) prefers the other response, whatever the
+source (`rlaif.core.contrastive.refusal_rule_probability`).
+
 Outputs under ``<run_dir>/preferences/``: ``pairs.jsonl`` (with the builder and, for
 contrastive pairs, the positive's slot), ``labels.jsonl`` (P(a preferred), its
 ``source`` and the judge's probability when it ran), ``trl.jsonl`` (prompt / chosen /
@@ -33,7 +42,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Set as AbstractSet
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +54,13 @@ from rlaif.actors.judge import ConstitutionalJudge
 from rlaif.actors.pool import ActorPool, engine_env
 from rlaif.actors.rollout import RolloutWorker
 from rlaif.config import RoleResources, RunConfig, engine_spec
-from rlaif.core.constitution import Constitution, default_constitution_path, load_constitution, sample_principles
+from rlaif.core.constitution import (
+    Constitution,
+    Principle,
+    default_constitution_path,
+    load_constitution,
+    sample_principles,
+)
 from rlaif.core.contrastive import (
     LABEL_SOURCES,
     AgreementStats,
@@ -53,6 +69,7 @@ from rlaif.core.contrastive import (
     PairLabel,
     construction_agreement,
     label_pair,
+    refusal_rule_probability,
 )
 from rlaif.core.io import config_hash, read_manifest, write_jsonl, write_manifest
 from rlaif.core.judging import Comparison, JudgeVerdict, ResponsePair
@@ -66,6 +83,7 @@ from rlaif.core.preference_records import (
     trl_row,
 )
 from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
+from rlaif.core.refusal import is_refusal
 from rlaif.core.resume import StepLog
 from rlaif.core.soft_labels import PreferenceLabel, combine_label
 from rlaif.engines.base import Generation, Message, SamplingParams
@@ -98,33 +116,44 @@ def preferences_stage(ctx: StageContext) -> None:
     run, out = ctx.run, ctx.stage_dir(STAGE)
     cfg = run.label
     constitution = load_constitution(run.constitution or default_constitution_path())
-    prompts = select_prompts(run)
+    prompts, sensitive = select_prompts(run), select_sensitive_prompts(run)
+    benign = sensitive_principle(run, constitution) if sensitive else None
     policy, judge_model = policy_path(ctx), judge_path(ctx)
     settings = fingerprint(run, policy, judge_model, constitution)
     work = StepLog(out / "work", settings)
-    pairs = sample_pairs(run, policy, constitution, prompts, work)
+    groups = [(prompts, None), (sensitive, benign)]
+    pairs = sample_pairs(run, policy, constitution, groups, work)
+    sensitive_ids = {pair_id(p.id) for p in sensitive}
     source = LabelSource(cfg.source)
     verdicts: dict[str, PreferenceLabel] = {}
     throughput = None
     if LABEL_SOURCES[source].uses_judge:
-        verdicts, throughput = judge_pairs(run, judge_model, constitution, pairs, work)
+        verdicts, throughput = judge_pairs(run, judge_model, constitution, pairs, work, sensitive_ids)
     labels = [
         label_pair(
             p.id, source=source, positive=p.positive, judge=verdicts.get(p.id), confidence=cfg.construction_confidence
         )
         for p in pairs
     ]
+    ruled = apply_refusal_rule(run, pairs, labels, sensitive_ids)
     reasonings = {i: row.get("reasonings") or () for i, row in work.rows("labels").items()}
-    # Every record keeps a stable `id` (the pair's), as the other stages' records do.
+    # Every record keeps a stable `id` (the pair's), as the other stages' records do; a sensitive pair's
+    # row says so, and whether the refusal rule set its label.
     label_rows = [
-        {"id": label.pair_id, **pair_label_to_row(label, reasonings.get(label.pair_id, ()))} for label in labels
+        {"id": label.pair_id, **pair_label_to_row(label, reasonings.get(label.pair_id, ()))}
+        | ({"sensitive": True, "refusal_rule": label.pair_id in ruled} if label.pair_id in sensitive_ids else {})
+        for label in labels
     ]
     write_jsonl(out / "pairs.jsonl", (pair_to_row(p) for p in pairs))
     write_jsonl(out / "labels.jsonl", label_rows)
     trl = write_jsonl(out / "trl.jsonl", (trl_row(p, label) for p, label in zip(pairs, labels, strict=True)))
     bias = position_bias_stats(list(verdicts.values()))
     agreement = judge_agreement(pairs, labels)
-    metrics: dict[str, float] = {"pairs": float(len(pairs))}
+    metrics: dict[str, float] = {
+        "pairs": float(len(pairs)),
+        "sensitive_pairs": float(len(sensitive_ids)),
+        "refusal_rule_labels": float(len(ruled)),
+    }
     if bias is not None:
         metrics.update({"position_flip_rate": bias.flip_rate, "mean_bias": bias.mean_bias})
     if agreement is not None:
@@ -143,7 +172,13 @@ def preferences_stage(ctx: StageContext) -> None:
     ctx.sink.table("judge_decisions", DECISION_COLUMNS, decisions)
     write_manifest(
         out,
-        {"pairs": len(pairs), "labels": len(labels), "trl_rows": trl},
+        {
+            "pairs": len(pairs),
+            "labels": len(labels),
+            "trl_rows": trl,
+            "sensitive_pairs": len(sensitive_ids),
+            "refusal_rule_labels": len(ruled),
+        },
         settings,
         pairs=cfg.pairs,
         label_source=cfg.source,
@@ -157,6 +192,42 @@ def preferences_stage(ctx: StageContext) -> None:
         "preferences: %d %s pairs labelled by %s; position bias %s; judge %s; judge vs construction %s",
         *(len(pairs), cfg.pairs, cfg.source, bias, throughput, agreement),
     )
+    if sensitive_ids:
+        log.info(
+            "preferences: %d of them on sensitive-but-benign prompts; %d labelled by the refusal rule",
+            len(sensitive_ids),
+            len(ruled),
+        )
+
+
+def sensitive_principle(run: RunConfig, constitution: Constitution) -> Principle:
+    """`label.sensitive_principle` from the constitution; a clear error naming the field if it is not there."""
+    try:
+        return constitution.principle(run.label.sensitive_principle)
+    except KeyError as err:
+        raise ValueError(f"label.sensitive_principle: {err.args[0]}") from None
+
+
+def apply_refusal_rule(
+    run: RunConfig, pairs: Sequence[ResponsePair], labels: list[PairLabel], sensitive_ids: set[str]
+) -> set[str]:
+    """On sensitive pairs with exactly one refusal, the other response preferred (`label.refusal_rule`), in place.
+
+    Returns the ids of the pairs whose label the rule set.
+    """
+    if not run.label.refusal_rule:
+        return set()
+    ruled = set()
+    for i, (pair, label) in enumerate(zip(pairs, labels, strict=True)):
+        if pair.id not in sensitive_ids:
+            continue
+        p = refusal_rule_probability(
+            is_refusal(pair.response_a), is_refusal(pair.response_b), confidence=run.label.construction_confidence
+        )
+        if p is not None:
+            labels[i] = replace(label, p_first=p)
+            ruled.add(pair.id)
+    return ruled
 
 
 def judge_agreement(pairs: Sequence[ResponsePair], labels: Sequence[PairLabel]) -> AgreementStats | None:
@@ -176,6 +247,16 @@ def select_prompts(run: RunConfig) -> tuple[PromptRecord, ...]:
     records = load_prompts(cfg.prompts, data_dir=cfg.prompts_data_dir)
     train, _ = split_train_heldout(records, run.sl_cai.heldout_fraction, run.seed)
     return train[: cfg.num_prompts] if cfg.num_prompts else train
+
+
+def select_sensitive_prompts(run: RunConfig) -> tuple[PromptRecord, ...]:
+    """The first `label.num_sensitive` prompts of `sl_cai.sensitive`'s training split (0: none)."""
+    if not run.label.num_sensitive:
+        return ()
+    s = run.sl_cai
+    records = load_prompts(s.sensitive, data_dir=s.sensitive_data_dir)
+    train, _ = split_train_heldout(records, s.heldout_fraction, run.seed)
+    return train[: run.label.num_sensitive]
 
 
 def policy_path(ctx: StageContext) -> Path:
@@ -224,12 +305,21 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+PromptGroup = tuple[Sequence[PromptRecord], Principle | None]
+"""Prompts and their pairs' direction: None for red-team prompts, the principle against needless refusal for
+sensitive-but-benign ones (`PairSetting.benign_principle`)."""
+
+
 def sample_pairs(
-    run: RunConfig, policy: Path, constitution: Constitution, prompts: Sequence[PromptRecord], work: StepLog
+    run: RunConfig, policy: Path, constitution: Constitution, groups: Sequence[PromptGroup], work: StepLog
 ) -> list[ResponsePair]:
-    """Two responses per prompt from the policy (`label.pairs`); chunks already in the work log are not made again."""
+    """Two responses per prompt from the policy (`label.pairs`), group by group, in one rollout pool.
+
+    Chunks already in the work log are not made again.
+    """
     cfg = run.label
     done = work.rows("pairs")
+    prompts = [p for group, _ in groups for p in group]
     todo = [p for p in prompts if pair_id(p.id) not in done]
     if todo:
         log.info(
@@ -240,7 +330,6 @@ def sample_pairs(
             len(prompts) - len(todo),
         )
         build = PAIR_BUILDERS[PairBuilder(cfg.pairs)]
-        setting = PairSetting(constitution, run.seed, cfg.negative_system)
         resources = run.cluster.rollout
         pool = ActorPool(
             RolloutWorker,
@@ -257,9 +346,12 @@ def sample_pairs(
                 generations: list[Generation] = pool.map_shards("generate", chats, params)
                 return generations
 
-            for chunk in tqdm(chunks(todo, cfg.chunk_size), desc="label: make pairs", unit="chunk"):
-                pairs = build(chunk, generate=generate, params=params, setting=setting)
-                work.append("pairs", (pair_to_row(p) for p in pairs))
+            for group, benign in groups:
+                setting = PairSetting(constitution, run.seed, cfg.negative_system, benign)
+                group_todo = [p for p in group if pair_id(p.id) not in done]
+                for chunk in tqdm(chunks(group_todo, cfg.chunk_size), desc="label: make pairs", unit="chunk"):
+                    pairs = build(chunk, generate=generate, params=params, setting=setting)
+                    work.append("pairs", (pair_to_row(p) for p in pairs))
         finally:
             pool.shutdown()
     rows = work.rows("pairs")
@@ -267,16 +359,28 @@ def sample_pairs(
 
 
 def judge_pairs(
-    run: RunConfig, judge: Path, constitution: Constitution, pairs: Sequence[ResponsePair], work: StepLog
+    run: RunConfig,
+    judge: Path,
+    constitution: Constitution,
+    pairs: Sequence[ResponsePair],
+    work: StepLog,
+    sensitive_ids: AbstractSet[str] = frozenset(),
 ) -> tuple[dict[str, PreferenceLabel], JudgeThroughput | None]:
-    """The judge's soft label of every pair by id (resuming from the work log); throughput of the judging done now."""
+    """The judge's soft label of every pair by id (resuming from the work log); throughput of the judging done now.
+
+    A red-team pair is judged under sampled principles; a sensitive pair (`sensitive_ids`) under
+    `label.sensitive_principle` alone.
+    """
     cfg = run.label
     done = work.rows("labels")
-    todo = [
-        Comparison(p, sample_principles(constitution, cfg.principles_per_comparison, run.seed, key=p.id))
-        for p in pairs
-        if p.id not in done
-    ]
+    benign = (sensitive_principle(run, constitution),) if sensitive_ids else ()
+
+    def principles(p: ResponsePair) -> tuple[Principle, ...]:
+        if p.id in sensitive_ids:
+            return benign
+        return tuple(sample_principles(constitution, cfg.principles_per_comparison, run.seed, key=p.id))
+
+    todo = [Comparison(p, principles(p)) for p in pairs if p.id not in done]
     throughput = None
     if todo:
         log.info("judging %d comparisons with %s (%d done before)", len(todo), judge, len(pairs) - len(todo))

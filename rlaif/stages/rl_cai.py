@@ -60,12 +60,14 @@ MAX_RESAMPLES = 3
 
 @dataclass(frozen=True)
 class TrainPrompts:
-    """The training splits of the red-team and helpfulness prompts, and how many of each per iteration."""
+    """The training splits of the red-team, helpfulness and sensitive prompts, and how many of each per iteration."""
 
     red_team: tuple[PromptRecord, ...]
     helpful: tuple[PromptRecord, ...]
     n_red_team: int
     n_helpful: int
+    sensitive: tuple[PromptRecord, ...] = ()
+    n_sensitive: int = 0
 
     @classmethod
     def load(cls, run: RunConfig) -> TrainPrompts:
@@ -75,16 +77,23 @@ class TrainPrompts:
             load_prompts(s.red_team, data_dir=s.red_team_data_dir), s.heldout_fraction, run.seed
         )
         n_helpful = round(cfg.helpful_fraction * cfg.prompts_per_iteration)
+        n_sensitive = round(cfg.sensitive_fraction * cfg.prompts_per_iteration)
         helpful: tuple[PromptRecord, ...] = ()
+        sensitive: tuple[PromptRecord, ...] = ()
         if n_helpful:
             all_helpful = load_prompts(s.helpful, data_dir=s.helpful_data_dir)
             helpful, _ = split_train_heldout(all_helpful, s.heldout_fraction, run.seed)
-        return cls(red_team, helpful, cfg.prompts_per_iteration - n_helpful, n_helpful)
+        if n_sensitive:
+            all_sensitive = load_prompts(s.sensitive, data_dir=s.sensitive_data_dir)
+            sensitive, _ = split_train_heldout(all_sensitive, s.heldout_fraction, run.seed)
+        n_red_team = cfg.prompts_per_iteration - n_helpful - n_sensitive
+        return cls(red_team, helpful, n_red_team, n_helpful, sensitive, n_sensitive)
 
     def batch(self, iteration: int, seed: int) -> list[PromptRecord]:
         """Iteration `iteration`'s prompts: reshuffled passes over each pool, a pure function of the index."""
         chosen: list[PromptRecord] = []
-        for pool, n in ((self.red_team, self.n_red_team), (self.helpful, self.n_helpful)):
+        pools = ((self.red_team, self.n_red_team), (self.helpful, self.n_helpful), (self.sensitive, self.n_sensitive))
+        for pool, n in pools:
             if n:
                 chosen += cycled_batches(pool, n, iteration + 1, seed)[iteration]
         return chosen

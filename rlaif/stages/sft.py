@@ -1,7 +1,8 @@
 """Stage ``sft``: supervised fine-tuning on the SL-CAI final revisions (Bai et al. 2022, §3).
 
 Reads ``<run_dir>/sl_cai/records.jsonl`` and ``helpful.jsonl``, keeps the final
-revisions of non-degenerate records, mixes in helpful answers at ``sft.helpful_ratio``
+revisions of non-degenerate records, mixes in benign answers (task-style helpful and
+sensitive-request ones, minus refusals) at ``sft.helpful_ratio``
 (`rlaif.core.cai.mix_sft`), and trains the base model on them with a TrainerGroup of
 ``cluster.sft_trainer.num_workers`` DeepSpeed ranks (ZeRO stage from ``deepspeed``);
 the loss is on assistant tokens only (`rlaif.trainers.sft`).
@@ -37,6 +38,7 @@ from rlaif.actors.trainer_group import TrainerGroup
 from rlaif.config import RunConfig
 from rlaif.core.cai import SFTSample, SLCAIRecord, mix_sft, sft_batch, sft_samples
 from rlaif.core.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl, write_manifest
+from rlaif.core.refusal import is_refusal
 from rlaif.core.resume import drop_torn_tail
 from rlaif.engines.base import Message
 from rlaif.stages.ds_setup import stage_ds_config
@@ -48,22 +50,25 @@ log = logging.getLogger(__name__)
 STAGE = "sft"
 
 
-def sft_mix(sl_cai_dir: Path, helpful_ratio: float, seed: int) -> list[SFTSample]:
-    """Final revisions of non-degenerate records plus helpful answers at `helpful_ratio`."""
+def sft_mix(sl_cai_dir: Path, helpful_ratio: float, seed: int) -> tuple[list[SFTSample], int]:
+    """Final revisions of non-degenerate records plus benign answers at `helpful_ratio`; and the refusals left out.
+
+    The benign answers (task-style helpful and sensitive-request ones) are checked with the
+    refusal detector here as well as in sl_cai (an older or hand-made ``helpful.jsonl`` may lack
+    the mark): a refusal of a benign request is the evasiveness SFT must not learn.
+    """
     records_path, helpful_path = sl_cai_dir / "records.jsonl", sl_cai_dir / "helpful.jsonl"
     for path in (records_path, helpful_path):
         if not path.is_file():
             raise ValueError(f"sft: {path} is missing; run the sl_cai stage first")
     records = [SLCAIRecord.from_dict(row) for row in read_jsonl(records_path)]
-    helpful = [
-        SFTSample(f"help:{row['id']}", row["prompt"], row["answer"], "helpful")
-        for row in read_jsonl(helpful_path)
-        if not row["degenerate"]
-    ]
+    usable = [row for row in read_jsonl(helpful_path) if not row["degenerate"]]
+    kept = [row for row in usable if not (row.get("refusal") or is_refusal(row["answer"]))]
+    helpful = [SFTSample(f"help:{row['id']}", row["prompt"], row["answer"], row.get("kind", "helpful")) for row in kept]
     samples = mix_sft(sft_samples(records), helpful, helpful_ratio, seed)
     if not samples:
         raise ValueError(f"sft: no usable examples in {sl_cai_dir} (every revision and helpful answer is degenerate)")
-    return samples
+    return samples, len(usable) - len(kept)
 
 
 def to_example(sample: SFTSample) -> SFTExample:
@@ -90,7 +95,9 @@ def _start_group(run: RunConfig, model_path: Path) -> TrainerGroup:
 def sft_stage(ctx: StageContext) -> None:
     """The stage: mix, train with checkpoints, save the model, manifest last."""
     run, cfg, out = ctx.run, ctx.run.sft, ctx.stage_dir(STAGE)
-    samples = sft_mix(ctx.stage_dir("sl_cai"), cfg.helpful_ratio, run.seed)
+    samples, refusals = sft_mix(ctx.stage_dir("sl_cai"), cfg.helpful_ratio, run.seed)
+    if refusals:
+        log.info("sft: left out %d refusals of benign requests", refusals)
     write_jsonl(out / "data.jsonl", ({"id": s.id, "prompt": s.prompt, "response": s.response} for s in samples))
     examples = {s.id: to_example(s) for s in samples}
     probe = [examples[s.id] for s in samples[: cfg.eval_examples]]
@@ -119,7 +126,13 @@ def sft_stage(ctx: StageContext) -> None:
     ctx.sink.artifact("model", "model", str(out / "model"))
     write_manifest(
         out,
-        {"examples": len(samples), "revisions": sum(s.source == "revision" for s in samples), "steps": cfg.steps},
+        {
+            "examples": len(samples),
+            "revisions": sum(s.source == "revision" for s in samples),
+            "sensitive": sum(s.source == "sensitive" for s in samples),
+            "dropped_benign_refusals": refusals,
+            "steps": cfg.steps,
+        },
         {"sft": asdict(cfg), "deepspeed": asdict(run.deepspeed), "ranks": run.cluster.sft_trainer.num_workers}
         | {"model": run.model.name, "seed": run.seed},
         losses=[row["loss"] for row in losses],

@@ -15,14 +15,17 @@
   answer is critiqued against a principle sampled per (record, round) and revised.
 
 Each step is one batched pool call over all prompts (or over chunks of
-``sl_cai.chunk_size``). The stage also answers helpfulness prompts plainly, for the
-SFT mix. Unusable answers (empty, too short, looping, echoing their context) are marked
-degenerate, counted by reason, and left out of SFT.
+``sl_cai.chunk_size``). The stage also answers the training splits of the task-style
+helpfulness prompts and of the sensitive-but-benign requests plainly, for the SFT mix.
+Unusable answers (empty, too short, looping, echoing their context) are marked
+degenerate, counted by reason, and left out of SFT; so are refusals of a benign request
+(`rlaif.core.refusal`), counted per set.
 
 Outputs under ``<run_dir>/sl_cai/``:
 
 - ``records.jsonl``: one `SLCAIRecord` per red-team prompt (DESIGN §4), with its method;
-- ``helpful.jsonl``: ``{id, prompt, answer, degenerate}`` per helpfulness prompt;
+- ``helpful.jsonl``: ``{id, kind, prompt, answer, degenerate, refusal}`` per benign prompt
+  (kind ``helpful`` or ``sensitive``);
 - ``work/``: per-step logs; a killed run resumes from them (`rlaif.core.resume`), and
   one made with other settings (the method among them) is refused, not mixed in;
 - ``MANIFEST.json`` last: counts (records, degenerate answers by reason, …),
@@ -40,6 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,7 @@ from rlaif.core.cai import (
 from rlaif.core.constitution import Constitution, ConstitutionError, default_constitution_path, load_constitution
 from rlaif.core.io import write_jsonl, write_manifest
 from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
+from rlaif.core.refusal import is_refusal
 from rlaif.core.resume import StepLog
 from rlaif.engines.base import SamplingParams, ThroughputStats
 from rlaif.stages.pipeline import StageContext
@@ -95,6 +100,16 @@ def helpful_prompts(cfg: SLCAIConfig, seed: int) -> tuple[PromptRecord, ...]:
     return records[: cfg.num_helpful] if cfg.num_helpful else records
 
 
+def sensitive_prompts(cfg: SLCAIConfig, seed: int) -> tuple[PromptRecord, ...]:
+    """The first `num_sensitive` of the sensitive-but-benign set's training split (0: none)."""
+    if not cfg.num_sensitive:
+        return ()
+    records, _ = split_train_heldout(
+        load_prompts(cfg.sensitive, data_dir=cfg.sensitive_data_dir), cfg.heldout_fraction, seed
+    )
+    return records[: cfg.num_sensitive]
+
+
 class _Critics:
     """The critic pool, started on first use (a run resumed after its last step needs none)."""
 
@@ -110,7 +125,7 @@ class _Critics:
             )
             log.info("starting %d critic actor(s) on %s", r.num_workers, self._run.engine.backend)
             c = self._constitution
-            args = (engine_spec(self._run, str(self._model_path)), c.critique_few_shot, c.exemplars)
+            args = (engine_spec(self._run, str(self._model_path)), c.critique_few_shot, c.wanted_exemplars)
             self._pool = ActorPool(ConstitutionalCritic, spec, args, engine_env(r.cpus_per_worker))
         outputs: list[CriticOutput] = self._pool.map_shards(method, tasks, params)
         return outputs
@@ -174,7 +189,7 @@ def _fingerprint(run: RunConfig, constitution_file: Path) -> dict[str, Any]:
     """
     cfg = asdict(run.sl_cai)
     unused = ("rounds",) if run.sl_cai.method == SLCAIMethod.CONTEXT_DISTILLATION else ()
-    for key in ("num_prompts", "num_helpful", "chunk_size", "log_samples", *unused):
+    for key in ("num_prompts", "num_helpful", "num_sensitive", "chunk_size", "log_samples", *unused):
         cfg.pop(key)
     digest = hashlib.sha256(constitution_file.read_bytes()).hexdigest()[:16]
     return {"sl_cai": cfg, "model": run.model.name, "seed": run.seed, "constitution_sha256": digest}
@@ -182,10 +197,11 @@ def _fingerprint(run: RunConfig, constitution_file: Path) -> dict[str, Any]:
 
 def check_constitution(method: SLCAIMethod, constitution: Constitution, path: Path) -> None:
     """Context distillation needs exemplars to put in context; say so in one line naming the file."""
-    if method == SLCAIMethod.CONTEXT_DISTILLATION and not constitution.exemplars:
+    if method == SLCAIMethod.CONTEXT_DISTILLATION and not constitution.wanted_exemplars:
         raise ConstitutionError(
-            f"{path}: sl_cai.method={method.value} needs an 'exemplars' list in the constitution, and it has "
-            f"none; add exemplars or set sl_cai.method={SLCAIMethod.CRITIQUE_REVISION.value}"
+            f"{path}: sl_cai.method={method.value} needs an 'exemplars' list in the constitution with harmful "
+            f"or benign exemplars, and it has none; add exemplars or set "
+            f"sl_cai.method={SLCAIMethod.CRITIQUE_REVISION.value}"
         )
 
 
@@ -196,14 +212,19 @@ def sl_cai_stage(ctx: StageContext) -> None:
     cpath = constitution_path(run)
     constitution = load_constitution(cpath)
     check_constitution(method, constitution, cpath)
-    prompts, helpful = red_team_prompts(cfg, run.seed), helpful_prompts(cfg, run.seed)
+    prompts = red_team_prompts(cfg, run.seed)
+    benign = {
+        BenignKind.HELPFUL: helpful_prompts(cfg, run.seed),
+        BenignKind.SENSITIVE: sensitive_prompts(cfg, run.seed),
+    }
     fingerprint = _fingerprint(run, cpath)
     work = StepLog(out / "work", fingerprint)
     critics = _Critics(run, ctx.base_model, constitution)
     chain_progress, helpful_progress = _Progress(), _Progress()
     try:
         records, reasons = METHODS[method](_Steps(work, critics, cfg, run.seed, chain_progress), constitution, prompts)
-        helpful_rows = _helpful_answers(_Steps(work, critics, cfg, run.seed, helpful_progress), helpful)
+        benign_steps = _Steps(work, critics, cfg, run.seed, helpful_progress)
+        helpful_rows = [row for kind, ps in benign.items() for row in _benign_answers(benign_steps, kind, ps)]
         stats = critics.stats()
     finally:
         critics.shutdown()
@@ -243,7 +264,8 @@ def _print_summary(
         )
     print(
         f"\nsl_cai ({method.value}): {made}, {counts['degenerate_records']} records left out of SFT; "
-        f"{counts['helpful']} helpful answers\n"
+        f"{counts['helpful']} helpful answers ({counts['helpful_refusals']} refusals), {counts['sensitive']} "
+        f"sensitive-request answers ({counts['sensitive_refusals']} refusals); refusals are left out of SFT\n"
         f"sl_cai: {throughput['chains_per_min']:.1f} chains/min, {throughput['chain_tokens_per_s']:.1f} tokens/s "
         f"end to end, {throughput['engine_tokens_per_s']:.1f} tokens/s inside the engines\n"
         f"sl_cai: wrote {out / 'records.jsonl'} and {out / 'helpful.jsonl'}"
@@ -342,7 +364,7 @@ def _distilled(
     records, reasons = [], Counter[str]()
     for i, p in by_id.items():
         text = answers[i]["text"]
-        reason = context_degeneracy(text, context_turns(constitution.exemplars, principle[i]))
+        reason = context_degeneracy(text, context_turns(constitution.wanted_exemplars, principle[i]))
         if reason:
             reasons[reason] += 1
         records.append(distilled_record(i, p.prompt, p.category, principle[i].id, text, reason is not None, steps.seed))
@@ -364,16 +386,33 @@ def _texts_per_record(method: SLCAIMethod, rounds: int) -> int:
     return 1 if method == SLCAIMethod.CONTEXT_DISTILLATION else 1 + 2 * rounds
 
 
-def _helpful_answers(steps: _Steps, prompts: Sequence[PromptRecord]) -> list[dict[str, Any]]:
-    """Plain answers to helpfulness prompts; empty, too short or looping ones are marked degenerate."""
+class BenignKind(StrEnum):
+    """The benign prompt sets answered plainly for the SFT mix; each row of ``helpful.jsonl`` names its kind."""
+
+    # Task-style requests (code, recipes, arithmetic).
+    HELPFUL = "helpful"
+    # Sensitive but legitimate requests (emotional support, health, grief, ...): a careful answer is wanted.
+    SENSITIVE = "sensitive"
+
+
+def _benign_answers(steps: _Steps, kind: BenignKind, prompts: Sequence[PromptRecord]) -> list[dict[str, Any]]:
+    """Plain answers to benign prompts, each marked degenerate (empty, too short, looping) and refusal or not.
+
+    A refusal of a benign request is what this data must not teach (`rlaif.core.refusal`); SFT
+    leaves such rows out. Each kind has its own step log, so either set can grow on resume.
+    """
+    if not prompts:
+        return []
     by_id = {p.id: p for p in prompts}
-    rows = steps.run("helpful", "answer", list(by_id), lambda i: AnswerTask(i, by_id[i].prompt))
+    rows = steps.run(kind.value, "answer", list(by_id), lambda i: AnswerTask(i, by_id[i].prompt))
     return [
         {
             "id": i,
+            "kind": kind.value,
             "prompt": p.prompt,
             "answer": rows[i]["text"],
             "degenerate": degeneracy_reason(rows[i]["text"], "") is not None,
+            "refusal": is_refusal(rows[i]["text"]),
         }
         for i, p in by_id.items()
     ]
@@ -397,9 +436,14 @@ def _summary(
     counts |= {
         "degenerate_records": sum(rec.degenerate for rec in records),
         "sft_revisions": sum(not rec.degenerate for rec in records),
-        "helpful": len(helpful),
-        "degenerate_helpful": sum(bool(h["degenerate"]) for h in helpful),
     }
+    for kind in BenignKind:
+        rows = [h for h in helpful if h.get("kind", BenignKind.HELPFUL.value) == kind.value]
+        counts |= {
+            kind.value: len(rows),
+            f"degenerate_{kind.value}": sum(bool(h["degenerate"]) for h in rows),
+            f"{kind.value}_refusals": sum(bool(h.get("refusal")) for h in rows),
+        }
     engine_tokens = sum(s.generated_tokens for s in stats)
     engine_seconds = sum(s.seconds for s in stats)
     # A chain is all the generations of one record; a resumed run did only part of some.

@@ -88,6 +88,8 @@ def test_rollout_critic_and_judge_killed_mid_batch_restart_and_their_batches_are
         "sl_cai.method=critique_revision",
         "sl_cai.rounds=1",
         "sl_cai.num_helpful=4",
+        "sl_cai.num_sensitive=0",
+        "label.num_sensitive=0",
         "sl_cai.max_new_tokens=96",
         "label.max_new_tokens=96",
         "label.principles_per_comparison=4",
@@ -140,6 +142,7 @@ def test_driver_killed_mid_stage_resumes_without_losing_or_duplicating_records(
         "sl_cai.method=critique_revision",
         "sl_cai.rounds=1",
         "sl_cai.num_helpful=8",
+        "sl_cai.num_sensitive=0",
         "sl_cai.chunk_size=6",
         "sl_cai.max_new_tokens=64",
     )

@@ -33,11 +33,15 @@ PPO_ITERATIONS = 2
 SMALLER = [
     f"sl_cai.num_prompts={SL_CAI_PROMPTS}",
     f"sl_cai.num_helpful={SL_CAI_PROMPTS}",
+    "sl_cai.num_sensitive=6",
     "label.num_prompts=12",
+    "label.num_sensitive=4",
     f"reward_model.steps={RM_STEPS}",
     f"ppo.iterations={PPO_ITERATIONS}",
     "eval.num_red_team=6",
     "eval.num_helpful=6",
+    "eval.num_sensitive=6",
+    "eval.num_sensitive_harmful=4",
 ]
 
 
@@ -57,9 +61,15 @@ def _check_sl_cai_and_sft(run_dir: Path, stdout: str) -> None:
     assert all(r.method == SLCAIMethod.CONTEXT_DISTILLATION and r.principle_id and not r.rounds for r in records)
     assert any(r.final_answer.strip() for r in records)
     assert sl_cai["counts"]["helpful"] == SL_CAI_PROMPTS and sl_cai["throughput"]["chains_per_min"] > 0
+    # Sensitive-but-benign requests are answered plainly too; refusals among them are counted and kept out of SFT.
+    assert sl_cai["counts"]["sensitive"] == 6 and 0 <= sl_cai["counts"]["sensitive_refusals"] <= 6
 
     sft = read_manifest(run_dir / "sft")
     assert sft is not None and sft["counts"]["steps"] == 4 and len(sft["losses"]) == 4
+    benign = list(read_jsonl(run_dir / "sl_cai" / "helpful.jsonl"))
+    refused = {f"help:{row['id']}" for row in benign if row["refusal"] and not row["degenerate"]}
+    assert sft["counts"]["dropped_benign_refusals"] == len(refused)
+    assert not refused & {row["id"] for row in read_jsonl(run_dir / "sft" / "data.jsonl")}
     model = run_dir / "sft" / "model"
     assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
     # The run says where its outputs went.
@@ -72,7 +82,8 @@ def _check_preferences_and_reward_model(run_dir: Path) -> None:
     assert prefs is not None
     pairs = read_pairs(run_dir / "preferences" / "pairs.jsonl")
     labels = read_labels(run_dir / "preferences" / "labels.jsonl")
-    assert len(pairs) == len(labels) == prefs["counts"]["trl_rows"] == 12
+    assert len(pairs) == len(labels) == prefs["counts"]["trl_rows"] == 12 + 4
+    assert prefs["counts"]["sensitive_pairs"] == 4
     assert all(p.response_a.strip() and p.response_b.strip() for p in pairs)
     assert prefs["position_bias"]["judgements"] == len(pairs)
     assert prefs["judge_throughput"]["comparisons_per_s"] > 0
@@ -95,7 +106,7 @@ def _check_rl_and_evaluate(run_dir: Path, stdout: str) -> None:
     assert "rm_score_mean" in summary["models"]["policy"]["red_team"]
     # Refusal rates by phrase, per model and held-out set, and the harmlessness-helpfulness plot.
     for model in ("initial", "sft", "policy"):
-        for prompt_set in ("red_team", "helpful"):
+        for prompt_set in ("red_team", "helpful", "sensitive", "sensitive_harmful"):
             assert 0.0 <= summary["refusal"][model][prompt_set] <= 1.0
     assert (run_dir / "evaluate" / "harmless_helpful.png").read_bytes()[:4] == b"\x89PNG"
     assert "evaluate: refusal rates" in stdout

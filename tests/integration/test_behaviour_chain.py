@@ -134,6 +134,8 @@ def test_construction_labels_teach_a_reward_model_that_ppo_follows_to_more_refus
             "label.pairs=contrastive",
             "label.source=construction",
             "label.num_prompts=64",
+            # The harmful direction only: the taught policy knows no benign setting.
+            "label.num_sensitive=0",
             "label.max_new_tokens=16",
             "reward_model.steps=24",
             "reward_model.lr=1e-3",
@@ -150,6 +152,7 @@ def test_construction_labels_teach_a_reward_model_that_ppo_follows_to_more_refus
             "ppo.checkpoint_every=0",
             "eval.num_red_team=16",
             "eval.num_helpful=4",
+            "eval.num_sensitive=4",
             "eval.max_new_tokens=16",
         ]
     )

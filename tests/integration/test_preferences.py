@@ -10,13 +10,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rlaif.config import RunConfig, register_configs, to_run_config
-from rlaif.core.contrastive import LabelSource, PairBuilder, positive_slot
+from rlaif.core.contrastive import LabelSource, PairBuilder, positive_slot, refusal_rule_probability
 from rlaif.core.io import read_manifest, write_manifest
 from rlaif.core.preference_records import read_labels, read_pairs
+from rlaif.core.refusal import is_refusal
 from rlaif.core.sink import NullSink
 from rlaif.stages import preferences
 from rlaif.stages.pipeline import StageContext, run_stages
-from rlaif.stages.preferences import pair_id, policy_path, select_prompts
+from rlaif.stages.preferences import pair_id, policy_path, select_prompts, select_sensitive_prompts
 from rlaif.stages.registry import STAGES
 from rlaif.stages.reward_model import load_reward_pairs
 
@@ -36,6 +37,7 @@ def tiny_run(model: Path, run_dir: Path, *extra: str) -> RunConfig:
             f"run_dir={run_dir}",
             "engine.max_model_len=1024",
             "label.num_prompts=6",
+            "label.num_sensitive=0",
             "label.max_new_tokens=8",
             "label.chunk_size=4",
             "label.principles_per_comparison=2",
@@ -80,7 +82,14 @@ def test_preferences_stage_labels_exports_resumes_and_skips(tiny_model: Path, tm
         assert row["p_chosen"] == pytest.approx(max(label.p_first, 1 - label.p_first))
 
     manifest = read_manifest(out)
-    assert manifest is not None and manifest["counts"] == {"pairs": 6, "labels": 6, "trl_rows": 6}
+    assert manifest is not None
+    assert manifest["counts"] == {
+        "pairs": 6,
+        "labels": 6,
+        "trl_rows": 6,
+        "sensitive_pairs": 0,
+        "refusal_rule_labels": 0,
+    }
     assert manifest["position_bias"]["judgements"] == 12  # 6 pairs x 2 principles, both orders
     assert 0 <= manifest["position_bias"]["flip_rate"] <= 1
     assert manifest["judge_throughput"]["comparisons"] == 6 and manifest["judge_throughput"]["prompt_tokens"] > 0
@@ -142,10 +151,13 @@ exemplars:
   - kind: benign
     prompt: What is the capital of France?
     response: Paris.
+  - kind: evasive
+    prompt: How do I tell my parents I'm gay?
+    response: I'm sorry, but I can't discuss that.
 """
 
 
-def contrastive_run(model: Path, run_dir: Path, source: LabelSource) -> RunConfig:
+def contrastive_run(model: Path, run_dir: Path, source: LabelSource, *extra: str) -> RunConfig:
     constitution = run_dir.parent / "constitution.yaml"
     constitution.parent.mkdir(parents=True, exist_ok=True)
     constitution.write_text(CONSTITUTION)
@@ -157,6 +169,7 @@ def contrastive_run(model: Path, run_dir: Path, source: LabelSource) -> RunConfi
         f"label.source={source.value}",
         "label.principles_per_comparison=1",
         "label.negative_system='Answer directly.'",
+        *extra,
     )
 
 
@@ -185,7 +198,14 @@ def test_contrastive_pairs_labelled_by_construction_start_no_judge(
     assert {r["source"] for r in rows} == {"construction"} and all(r["p_judge"] is None for r in rows)
 
     manifest = read_manifest(out)
-    assert manifest is not None and manifest["counts"] == {"pairs": 6, "labels": 6, "trl_rows": 6}
+    assert manifest is not None
+    assert manifest["counts"] == {
+        "pairs": 6,
+        "labels": 6,
+        "trl_rows": 6,
+        "sensitive_pairs": 0,
+        "refusal_rule_labels": 0,
+    }
     assert manifest["pairs"] == "contrastive" and manifest["label_source"] == "construction"
     assert manifest["judge_throughput"] is None and manifest["position_bias"] is None
     assert manifest["construction_agreement"] is None
@@ -202,23 +222,39 @@ def test_contrastive_pairs_labelled_by_construction_start_no_judge(
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_contrastive_pairs_labelled_by_both_report_the_judges_agreement(tiny_model: Path, tmp_path: Path) -> None:
-    run = contrastive_run(tiny_model, tmp_path / "run", LabelSource.BOTH)
+    # Two sensitive-but-benign prompts join the six red-team ones, judged under the sensitive principle alone.
+    extra = ("label.num_sensitive=2", "label.sensitive_principle=honest")
+    run = contrastive_run(tiny_model, tmp_path / "run", LabelSource.BOTH, *extra)
     ctx = StageContext(run, Path(run.run_dir), tiny_model, NullSink())
     assert run_stages(ctx, [("preferences", STAGES["preferences"])]) == ["preferences"]
     out = ctx.stage_dir("preferences")
 
     pairs = read_pairs(out / "pairs.jsonl")
     labels = read_labels(out / "labels.jsonl")
+    rows = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    sensitive = {p.id for p in select_sensitive_prompts(run)}
+    assert len(pairs) == 8 and {p.prompt_id for p in pairs[6:]} == sensitive
     p_positive = []
-    for pair, label in zip(pairs, labels, strict=True):
+    for pair, label, row in zip(pairs, labels, rows, strict=True):
         assert label.source == LabelSource.BOTH and label.judge is not None and label.p_judge is not None
         assert label.p_construction == pytest.approx(0.9 if pair.positive == "a" else 0.1)
-        assert label.p_first == pytest.approx((label.p_judge + label.p_construction) / 2)
         p_positive.append(label.p_judge if pair.positive == "a" else 1 - label.p_judge)
+        if pair.prompt_id not in sensitive:
+            assert "sensitive" not in row
+            assert label.p_first == pytest.approx((label.p_judge + label.p_construction) / 2)
+            continue
+        # The benign direction: the sensitive principle's setting and question; a lone refusal loses.
+        assert pair.context_principle == "honest" and label.judge.principle_ids == ("honest",)
+        ruled = refusal_rule_probability(is_refusal(pair.response_a), is_refusal(pair.response_b))
+        assert row["sensitive"] is True and row["refusal_rule"] == (ruled is not None)
+        expected = ruled if ruled is not None else (label.p_judge + label.p_construction) / 2
+        assert label.p_first == pytest.approx(expected)
 
     manifest = read_manifest(out)
-    assert manifest is not None and manifest["judge_throughput"]["comparisons"] == 6
+    assert manifest is not None and manifest["judge_throughput"]["comparisons"] == 8
+    assert manifest["counts"]["sensitive_pairs"] == 2
+    assert manifest["counts"]["refusal_rule_labels"] == sum(bool(r.get("refusal_rule")) for r in rows)
     agreement = manifest["construction_agreement"]
-    assert agreement["pairs"] == 6
-    assert agreement["agreement_rate"] == pytest.approx(sum(p > 0.5 for p in p_positive) / 6)
-    assert agreement["mean_p_positive"] == pytest.approx(sum(p_positive) / 6)
+    assert agreement["pairs"] == 8
+    assert agreement["agreement_rate"] == pytest.approx(sum(p > 0.5 for p in p_positive) / 8)
+    assert agreement["mean_p_positive"] == pytest.approx(sum(p_positive) / 8)

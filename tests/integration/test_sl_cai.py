@@ -13,11 +13,12 @@ from rlaif.config import RunConfig, register_configs, to_run_config
 from rlaif.core.cai import SLCAIMethod, SLCAIRecord, principle_for
 from rlaif.core.constitution import ConstitutionError, default_constitution_path, load_constitution
 from rlaif.core.io import read_jsonl, read_manifest
+from rlaif.core.refusal import is_refusal
 from rlaif.core.sink import NullSink
 from rlaif.stages.pipeline import StageContext, run_stages
 from rlaif.stages.registry import STAGES
 from rlaif.stages.sft import sft_mix
-from rlaif.stages.sl_cai import constitution_path, red_team_prompts
+from rlaif.stages.sl_cai import constitution_path, red_team_prompts, sensitive_prompts
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 register_configs()
@@ -38,6 +39,7 @@ def tiny_run(model: Path, run_dir: Path, *overrides: str) -> RunConfig:
                 "sl_cai.num_prompts=6",
                 f"sl_cai.rounds={ROUNDS}",
                 "sl_cai.num_helpful=4",
+                "sl_cai.num_sensitive=0",
                 "sl_cai.max_new_tokens=12",
                 "cluster.critic.num_workers=2",
                 "cluster.critic.cpus_per_worker=1",
@@ -78,7 +80,7 @@ def test_sl_cai_records_seeding_degenerate_counts_resume_and_skip(tiny_model: Pa
     assert counts["degenerate_revisions"] == sum(rd.degenerate for r in records for rd in r.rounds)
     assert sum(manifest["degenerate_reasons"].values()) == counts["degenerate_revisions"]
     assert all(r.degenerate == all(rd.degenerate for rd in r.rounds) for r in records)
-    mix = sft_mix(out, helpful_ratio=0.0, seed=run.seed)
+    mix, _ = sft_mix(out, helpful_ratio=0.0, seed=run.seed)
     assert {s.id for s in mix} == {f"rev:{r.id}" for r in records if not r.degenerate}
     assert manifest["generated_this_run"] == dict.fromkeys(STEPS[:-1], 6) | {"helpful": 4}
     assert manifest["throughput"]["chains_per_min"] > 0 and manifest["throughput"]["engine_tokens_per_s"] > 0
@@ -117,7 +119,13 @@ def test_sl_cai_records_seeding_degenerate_counts_resume_and_skip(tiny_model: Pa
 def test_context_distillation_answers_in_context_and_trains_on_the_bare_prompt(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    run = tiny_run(tiny_model, tmp_path / "run", "sl_cai.method=context_distillation", "sl_cai.num_prompts=4")
+    run = tiny_run(
+        tiny_model,
+        tmp_path / "run",
+        "sl_cai.method=context_distillation",
+        "sl_cai.num_prompts=4",
+        "sl_cai.num_sensitive=3",
+    )
     ctx = StageContext(run, Path(run.run_dir), tiny_model, NullSink())
     assert run_stages(ctx, [("sl_cai", STAGES["sl_cai"])]) == ["sl_cai"]
     out = ctx.stage_dir("sl_cai")
@@ -130,17 +138,25 @@ def test_context_distillation_answers_in_context_and_trains_on_the_bare_prompt(
     assert all(r.method == SLCAIMethod.CONTEXT_DISTILLATION and r.rounds == () for r in records)
     assert [r.principle_id for r in records] == [principle_for(constitution, run.seed, r.id, 0).id for r in records]
     assert all(r.first_answer == r.final_answer for r in records)
-    # One generation per prompt, then the plain helpful answers; degenerate answers are counted by reason.
+    # One generation per prompt, then the plain helpful and sensitive-request answers; degenerate answers
+    # are counted by reason, and refusals of benign requests per set.
     manifest = read_manifest(out)
-    assert manifest is not None and manifest["generated_this_run"] == {"in_context": 4, "helpful": 4}
+    assert manifest is not None and manifest["generated_this_run"] == {"in_context": 4, "helpful": 4, "sensitive": 3}
     counts = manifest["counts"]
+    benign = [json.loads(line) for line in (out / "helpful.jsonl").read_text().splitlines()]
+    assert [row["kind"] for row in benign] == ["helpful"] * 4 + ["sensitive"] * 3
+    assert {row["id"] for row in benign if row["kind"] == "sensitive"} == {
+        p.id for p in sensitive_prompts(run.sl_cai, run.seed)
+    }
+    assert all(row["refusal"] == is_refusal(row["answer"]) for row in benign)
+    assert counts["sensitive"] == 3 and counts["sensitive_refusals"] == sum(row["refusal"] for row in benign[4:])
     assert counts["records"] == 4 and "revisions" not in counts
     assert counts["degenerate_records"] == sum(r.degenerate for r in records)
     assert sum(manifest["degenerate_reasons"].values()) == counts["degenerate_records"]
     assert manifest["config"]["sl_cai"]["method"] == "context_distillation"
     # SFT learns each usable answer for the bare prompt: no guideline, no exemplars.
     by_id = {r.id: r for r in records}
-    mix = sft_mix(out, helpful_ratio=0.0, seed=run.seed)
+    mix, _ = sft_mix(out, helpful_ratio=0.0, seed=run.seed)
     assert {s.id for s in mix} == {f"rev:{r.id}" for r in records if not r.degenerate}
     for sample in mix:
         record = by_id[sample.id.removeprefix("rev:")]

@@ -1,5 +1,6 @@
 """Every config composes, typed values are checked, and a mistyped key fails."""
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -71,12 +72,42 @@ def test_sl_cai_method_defaults_to_context_distillation_and_names_the_choices() 
 
 def test_no_training_stage_reads_the_held_out_prompts() -> None:
     from rlaif.core.prompts import load_prompts, split_train_heldout
-    from rlaif.stages.sl_cai import helpful_prompts, red_team_prompts
+    from rlaif.stages.preferences import select_sensitive_prompts
+    from rlaif.stages.rl_cai import TrainPrompts
+    from rlaif.stages.sl_cai import helpful_prompts, red_team_prompts, sensitive_prompts
 
-    run = compose_run(["sl_cai.num_prompts=0", "sl_cai.num_helpful=0", "sl_cai.heldout_fraction=0.2"])
+    big = 10_000
+    run = compose_run(
+        ["sl_cai.num_prompts=0", "sl_cai.num_helpful=0", f"sl_cai.num_sensitive={big}", "sl_cai.heldout_fraction=0.2"]
+        + [f"label.num_sensitive={big}", "ppo.sensitive_fraction=0.5", "ppo.helpful_fraction=0.25"]
+    )
     s = run.sl_cai
-    for source, trained in ((s.red_team, red_team_prompts(s, run.seed)), (s.helpful, helpful_prompts(s, run.seed))):
+    ppo = TrainPrompts.load(run)
+    sets = [
+        (s.red_team, red_team_prompts(s, run.seed)),
+        (s.helpful, helpful_prompts(s, run.seed)),
+        (s.sensitive, sensitive_prompts(s, run.seed)),
+        (s.sensitive, select_sensitive_prompts(run)),
+        (s.red_team, ppo.red_team),
+        (s.helpful, ppo.helpful),
+        (s.sensitive, ppo.sensitive),
+    ]
+    for source, trained in sets:
         train, heldout = split_train_heldout(load_prompts(source), s.heldout_fraction, run.seed)
-        # The evaluate stage's held-out split never reaches SL-CAI (and so SFT), and SL-CAI gets the rest.
+        # The evaluate stage's held-out split never reaches a training stage, and each gets the rest.
         assert heldout and not {r.id for r in heldout} & {r.id for r in trained}
         assert {r.id for r in trained} == {r.id for r in train}
+
+
+def test_ppo_batches_draw_their_shares_of_helpful_and_sensitive_prompts() -> None:
+    from rlaif.stages.rl_cai import TrainPrompts
+
+    run = compose_run(["ppo.prompts_per_iteration=8", "ppo.helpful_fraction=0.25", "ppo.sensitive_fraction=0.25"])
+    prompts = TrainPrompts.load(run)
+    assert (prompts.n_red_team, prompts.n_helpful, prompts.n_sensitive) == (4, 2, 2)
+    for iteration in range(3):
+        batch = prompts.batch(iteration, run.seed)
+        kinds = Counter(p.id.split("-")[0] for p in batch)
+        assert kinds == {"rt": 4, "hp": 2, "sb": 2}, kinds
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        compose_run(["ppo.helpful_fraction=0.6", "ppo.sensitive_fraction=0.6"])

@@ -18,6 +18,7 @@ from rlaif.core.constitution import (
     load_constitution,
     sample_principles,
 )
+from rlaif.core.refusal import is_refusal
 
 PRINCIPLE = """\
   - id: {id}
@@ -68,8 +69,9 @@ def _error(tmp_path: Path, text: str) -> str:
 
 def test_default_constitution_loads() -> None:
     c = load_constitution(default_constitution_path())
-    assert len(c.principles) == 16
-    assert len(set(c.principle_ids)) == 16
+    assert len(c.principles) == 17
+    assert len(set(c.principle_ids)) == 17
+    assert c.principle("needless-refusal").guideline
     assert len(c.critique_few_shot) >= 3
     assert len(c.judge_few_shot) >= 2
     assert c.name and c.version
@@ -125,9 +127,15 @@ def test_default_exemplars_show_where_the_line_is_and_stay_short() -> None:
     # The setting must leave room for the prompt and the answer in the model's 2048 tokens:
     # about 4 characters per token, so 2400 characters is about 600 tokens.
     longest = max(len(p.guideline) for p in c.principles)
-    assert longest + sum(len(e.prompt) + len(e.response) for e in c.exemplars) < 2400
+    for setting in (c.wanted_exemplars, c.evasive_exemplars):
+        assert longest + sum(len(e.prompt) + len(e.response) for e in setting) < 2400
     # The last exchange before a prompt weighs most for a small model: make it a benign one.
-    assert c.exemplars[-1].kind == ExemplarKind.BENIGN
+    assert c.wanted_exemplars[-1].kind == ExemplarKind.BENIGN
+    # The needless refusals are the negative side's alone: never in the setting a model follows.
+    assert kinds[ExemplarKind.EVASIVE] >= 2
+    assert all(is_refusal(e.response) for e in c.evasive_exemplars)
+    assert not any(is_refusal(e.response) for e in c.exemplars_of(ExemplarKind.BENIGN))
+    assert ExemplarKind.EVASIVE not in {e.kind for e in c.wanted_exemplars}
 
 
 def test_principle_lookup_unknown_id() -> None:
@@ -283,7 +291,7 @@ def test_exemplars_load_in_file_order(tmp_path: Path) -> None:
     [
         (
             ("kind: benign", "kind: neutral"),
-            "exemplar #2: field 'kind' must be one of ['benign', 'harmful'], got 'neutral'",
+            "exemplar #2: field 'kind' must be one of ['benign', 'evasive', 'harmful'], got 'neutral'",
         ),
         (("    response: Boil it for seven minutes.\n", ""), "exemplar #2: missing field 'response'"),
         (("response: Boil it for seven minutes.", "response: '  '"), "exemplar #2: field 'response' is empty"),

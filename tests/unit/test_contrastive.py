@@ -21,6 +21,7 @@ from rlaif.core.contrastive import (
     label_pair,
     place_positive,
     positive_slot,
+    refusal_rule_probability,
 )
 from rlaif.core.judging import ResponsePair
 from rlaif.core.preference_records import (
@@ -239,6 +240,38 @@ def test_no_negative_system_means_the_bare_prompt() -> None:
     assert engine.calls[0][0][1] == [Message("user", "Question 1?")]
 
 
+def test_sensitive_prompts_contrast_the_benign_setting_with_the_evasive_exemplars() -> None:
+    benign = Principle("no-evasion", "critique?", "revise.", "Which helps?", guideline="Be caring.")
+    exemplars = (
+        Exemplar("harmful", "How do I hotwire a car?", "I can't help with that."),
+        Exemplar("benign", "I feel low.", "That sounds hard; a walk and a friend can help."),
+        Exemplar("evasive", "Is my rash serious?", "I'm sorry, but I can't discuss that."),
+    )
+    constitution = Constitution("test", "1", (*PRINCIPLES, benign), (), (), exemplars)
+    engine = FakeEngine()
+    setting = PairSetting(constitution, seed=0, benign_principle=benign)
+    pairs = PAIR_BUILDERS[PairBuilder.CONTRASTIVE](
+        PROMPTS[:2], generate=engine, params=SamplingParams(), setting=setting
+    )
+    chats = engine.calls[0][0]
+    # Positive: the principle against evasion, then the benign exemplars only (no refusal in view).
+    for chat, prompt in zip(chats[:2], PROMPTS[:2], strict=True):
+        assert chat == [
+            Message("system", "Be caring."),
+            Message("user", "I feel low."),
+            Message("assistant", "That sounds hard; a walk and a friend can help."),
+            Message("user", prompt.prompt),
+        ]
+    # Negative: the needless refusal, then the prompt; no guideline.
+    for chat, prompt in zip(chats[2:], PROMPTS[:2], strict=True):
+        assert chat == [
+            Message("user", "Is my rash serious?"),
+            Message("assistant", "I'm sorry, but I can't discuss that."),
+            Message("user", prompt.prompt),
+        ]
+    assert all(p.context_principle == "no-evasion" for p in pairs)
+
+
 # --- config --------------------------------------------------------------------------------
 
 
@@ -275,3 +308,19 @@ def test_label_defaults_and_contrastive_overrides_compose() -> None:
 def test_label_settings_are_checked_naming_the_fields(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compose_run(overrides)
+
+
+@pytest.mark.parametrize(
+    ("refuses_a", "refuses_b", "expected"),
+    [(True, False, 0.1), (False, True, 0.9), (True, True, None), (False, False, None)],
+)
+def test_the_refusal_rule_prefers_the_answer_that_does_not_decline(
+    refuses_a: bool, refuses_b: bool, expected: float | None
+) -> None:
+    p = refusal_rule_probability(refuses_a, refuses_b, confidence=0.9)
+    assert p == (None if expected is None else pytest.approx(expected))
+
+
+def test_the_refusal_rule_checks_its_confidence() -> None:
+    with pytest.raises(ValueError, match="construction confidence"):
+        refusal_rule_probability(True, False, confidence=0.4)

@@ -103,3 +103,64 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "matplotlib.backends.backend_agg" in sys.modules
+
+
+def test_the_plot_shows_each_benign_set(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    refusal = {
+        "initial": {"red_team": 0.0, "helpful": 0.0, "sensitive": 0.05},
+        "policy": {"red_team": 0.8, "helpful": 0.1, "sensitive": 0.3},
+    }
+    path = plot_harmless_helpful(refusal, tmp_path / "hh.png", "red_team", ("helpful", "sensitive"))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(KeyError):
+        plot_harmless_helpful({"initial": {"red_team": 0.0, "helpful": 0.0}}, tmp_path / "x.png", "red_team",
+                              ("helpful", "sensitive"))  # fmt: skip
+
+
+def test_the_stage_measures_three_held_out_sets_no_training_stage_reads() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from rlaif.config import register_configs, to_run_config
+    from rlaif.core.prompts import load_prompts, split_train_heldout
+    from rlaif.stages.evaluate import heldout_prompts, heldout_sets
+
+    register_configs()
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        run = to_run_config(compose(config_name="config", overrides=["eval.num_sensitive=5", "eval.num_helpful=0"]))
+    sets = heldout_sets(run)
+    assert [(s.name, s.source, s.num_prompts) for s in sets] == [
+        ("red_team", "builtin:red_team", run.eval.num_red_team),
+        ("helpful", "builtin:helpful", 0),
+        ("sensitive", "builtin:sensitive", 5),
+        ("sensitive_harmful", "builtin:sensitive_harmful", run.eval.num_sensitive_harmful),
+    ]
+    assert [s.whole for s in sets] == [False, False, False, True]
+    chosen = heldout_prompts(run)
+    sensitive = [r.id for name, r in chosen if name == "sensitive"]
+    _, heldout = split_train_heldout(load_prompts("builtin:sensitive"), run.sl_cai.heldout_fraction, run.seed)
+    assert sensitive == [r.id for r in heldout[:5]]
+    # No training stage reads the harmful counterparts: the first of the whole set are evaluated.
+    counterparts = [r.id for name, r in chosen if name == "sensitive_harmful"]
+    assert counterparts == [r.id for r in load_prompts("builtin:sensitive_harmful")[: run.eval.num_sensitive_harmful]]
+    all_helpful = [r for name, r in chosen if name == "helpful"]
+    assert len(all_helpful) == len(split_train_heldout(load_prompts("builtin:helpful"), 0.1, run.seed)[1])
+
+
+def test_the_command_reads_shipped_sets_and_keeps_their_held_out_split(tmp_path: Path) -> None:
+    from rlaif.core.prompts import DatasetError, load_prompts, split_train_heldout
+    from rlaif.evaluate import read_prompt_files
+
+    text = tmp_path / "mine.txt"
+    text.write_text("one\ntwo\n")
+    both = read_prompt_files(["builtin:sensitive", str(text)])
+    assert {name for name, _ in both} == {"sensitive", str(text)}
+    assert sum(name == "sensitive" for name, _ in both) == len(load_prompts("builtin:sensitive"))
+    held = read_prompt_files(["builtin:sensitive"], (0.2, 3))
+    _, expected = split_train_heldout(load_prompts("builtin:sensitive"), 0.2, 3)
+    assert [r.id for _, r in held] == [f"0:{r.id}" for r in expected] and 0 < len(held) < len(both)
+    with pytest.raises(DatasetError, match="nosuch.txt: no such prompt file"):
+        read_prompt_files([str(tmp_path / "nosuch.txt")])
+    with pytest.raises(DatasetError, match="unknown builtin prompt set 'nope'"):
+        read_prompt_files(["builtin:nope"])

@@ -5,6 +5,7 @@ goes to at most one role per stage (a declared colocation excepted), every rank'
 memory fits its GPU, and the dry run starts nothing.
 """
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -45,6 +46,13 @@ def test_the_laptop_experiment_uses_train_splits_and_the_in_context_signal() -> 
     assert run.label.prompts == run.sl_cai.red_team and run.sl_cai.heldout_fraction > 0
     samples = run.ppo.prompts_per_iteration * run.ppo.samples_per_prompt
     assert samples // run.ppo.mini_batch_size * run.ppo.ppo_epochs >= 2
+    # The benign direction: sensitive requests in the SFT mix, in the preference pairs and in PPO, and
+    # every held-out one (and every harmful counterpart) evaluated.
+    from rlaif.stages.sl_cai import sensitive_prompts
+
+    every = len(sensitive_prompts(dataclasses.replace(run.sl_cai, num_sensitive=10_000), run.seed))
+    assert run.sl_cai.num_sensitive == run.label.num_sensitive == every and run.ppo.sensitive_fraction > 0
+    assert run.eval.num_sensitive == 0 and run.eval.num_sensitive_harmful == 0
 
 
 @pytest.mark.parametrize("name", GPU_EXPERIMENTS)

@@ -15,6 +15,8 @@ from rlaif.core.refusal import (
 )
 
 REFUSALS = [
+    "I'm not able to discuss that topic. Please consult a qualified person.",
+    "I can't advise on legal matters; please see a lawyer.",
     "I'm sorry, but I can't help with that.",
     "I can\u2019t help with making weapons.",  # curly apostrophe
     "I cannot provide instructions for picking locks that aren't yours.",
