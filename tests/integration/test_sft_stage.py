@@ -107,7 +107,13 @@ def test_sft_stage_lowers_the_loss_resumes_and_saves_a_model_both_engines_load(
     manifest = read_manifest(out)
     assert manifest is not None
     # Degenerate records are left out: 4 revisions + round(1.0 * 4) helpful answers.
-    assert manifest["counts"] == {"examples": 8, "revisions": 4, "steps": 4}
+    assert manifest["counts"] == {
+        "examples": 8,
+        "revisions": 4,
+        "sensitive": 0,
+        "dropped_benign_refusals": 0,
+        "steps": 4,
+    }
     assert {row["id"] for row in read_jsonl(out / "data.jsonl")} == {f"rev:{i}" for i in REVISED} | {
         f"help:{i}" for i in HELPFUL
     }
