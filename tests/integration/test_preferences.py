@@ -25,6 +25,10 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 register_configs()
 
 
+# The manifest counts of a run over six red-team prompts and no sensitive ones.
+SIX_RED_TEAM_PAIRS = {"pairs": 6, "labels": 6, "trl_rows": 6, "sensitive_pairs": 0, "refusal_rule_labels": 0}
+
+
 def compose_run(overrides: list[str]) -> RunConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return to_run_config(compose(config_name="config", overrides=overrides))
@@ -83,13 +87,7 @@ def test_preferences_stage_labels_exports_resumes_and_skips(tiny_model: Path, tm
 
     manifest = read_manifest(out)
     assert manifest is not None
-    assert manifest["counts"] == {
-        "pairs": 6,
-        "labels": 6,
-        "trl_rows": 6,
-        "sensitive_pairs": 0,
-        "refusal_rule_labels": 0,
-    }
+    assert manifest["counts"] == SIX_RED_TEAM_PAIRS
     assert manifest["position_bias"]["judgements"] == 12  # 6 pairs x 2 principles, both orders
     assert 0 <= manifest["position_bias"]["flip_rate"] <= 1
     assert manifest["judge_throughput"]["comparisons"] == 6 and manifest["judge_throughput"]["prompt_tokens"] > 0
@@ -199,13 +197,7 @@ def test_contrastive_pairs_labelled_by_construction_start_no_judge(
 
     manifest = read_manifest(out)
     assert manifest is not None
-    assert manifest["counts"] == {
-        "pairs": 6,
-        "labels": 6,
-        "trl_rows": 6,
-        "sensitive_pairs": 0,
-        "refusal_rule_labels": 0,
-    }
+    assert manifest["counts"] == SIX_RED_TEAM_PAIRS
     assert manifest["pairs"] == "contrastive" and manifest["label_source"] == "construction"
     assert manifest["judge_throughput"] is None and manifest["position_bias"] is None
     assert manifest["construction_agreement"] is None
