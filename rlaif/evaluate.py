@@ -4,19 +4,20 @@
         --prompts red_team.jsonl --prompts helpful.txt --output eval.json
     python -m rlaif.evaluate --model DIR --prompts p.txt --reward-model runs/x/reward_model/model
     python -m rlaif.evaluate --model DIR --prompts p.txt eval.max_new_tokens=64 eval.refusal_judge=true
-    python -m rlaif.evaluate --model DIR --heldout --prompts builtin:red_team --prompts builtin:helpful \
+    python -m rlaif.evaluate --model DIR --heldout --prompts builtin:red_team --prompts builtin:helpful \\
         --prompts builtin:sensitive sl_cai.heldout_fraction=0.2
 
 Each ``--model`` (a Hugging Face folder, the embedded model's name or a hub id) answers
 every prompt of every ``--prompts`` file (JSONL with a ``prompt`` field, Parquet, or plain
 text with one prompt a line; or a shipped set, ``builtin:red_team``, ``builtin:helpful``,
-``builtin:sensitive``) through a pool of rollout actors, as in the evaluate stage
-(`rlaif.stages.eval_measures`). ``--heldout`` keeps only the held-out split of each set
-(`rlaif.core.prompts.split_train_heldout` at ``sl_cai.heldout_fraction`` and ``seed``,
-both overridable), exactly the prompts the evaluate stage measures and no training stage
-reads. Per (model, prompt file) it reports the refusal rate by
-phrase (`rlaif.core.refusal`), the mean response length in tokens and, with
-``--reward-model``, the reward model's mean score; with ``eval.refusal_judge=true`` also
+``builtin:sensitive``, ``builtin:sensitive_harmful``) through a pool of rollout actors, as in
+the evaluate stage (`rlaif.stages.eval_measures`). ``--heldout`` keeps only the held-out split
+of each set (`rlaif.core.prompts.split_train_heldout` at ``sl_cai.heldout_fraction`` and
+``seed``, both overridable), exactly the prompts the evaluate stage measures and no training
+stage reads; a set no training stage reads (``eval.sensitive_harmful``) is kept whole, as
+the stage does (`rlaif.stages.evaluate.heldout_sets`). Per (model, prompt file) it reports
+the refusal rate by phrase (`rlaif.core.refusal`), the mean response length in tokens and,
+with ``--reward-model``, the reward model's mean score; with ``eval.refusal_judge=true`` also
 the feedback model's refusal rate (``eval.judge_model``, else ``label.judge_model``, else
 ``model.name``).
 
@@ -39,11 +40,12 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from rlaif.config import RunConfig
-from rlaif.core.prompts import DatasetError, PromptRecord, load_prompts, split_train_heldout
+from rlaif.core.prompts import BUILTIN_PROMPT_SETS, DatasetError, PromptRecord, load_prompts, split_train_heldout
 
 log = logging.getLogger("rlaif.evaluate")
 BUILTIN = "builtin:"
@@ -62,12 +64,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         action="append",
         required=True,
         help="prompt file: .jsonl with a 'prompt' field, .parquet, or plain text, one prompt a line; or a "
-        "shipped set, builtin:red_team, builtin:helpful or builtin:sensitive (repeatable)",
+        f"shipped set, builtin:NAME with NAME one of {', '.join(BUILTIN_PROMPT_SETS)} (repeatable)",
     )
     parser.add_argument(
         "--heldout",
         action="store_true",
-        help="keep only each set's held-out split (sl_cai.heldout_fraction and seed, as the evaluate stage)",
+        help="keep only each set's held-out split, the prompts the evaluate stage measures (split at "
+        "sl_cai.heldout_fraction and seed; give a run's values as key=value to match it)",
     )
     parser.add_argument("--output", type=Path, default=Path("evaluate.json"), help="JSON summary to write")
     parser.add_argument("--reward-model", type=Path, default=None, help="reward-model folder: also report RM scores")
@@ -78,12 +81,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, rest
 
 
-def read_prompt_files(sources: list[str], heldout: tuple[float, int] | None = None) -> list[tuple[str, PromptRecord]]:
+def read_prompt_files(
+    sources: list[str], heldout: tuple[float, int] | None = None, whole: Collection[str] = ()
+) -> list[tuple[str, PromptRecord]]:
     """(set name, record) for every prompt of every source, in order.
 
     A file's set name is its path as given; a shipped set's is its name (``builtin:sensitive``
     -> ``sensitive``, as in the stage's summary). With `heldout` = (fraction, seed) only each
-    set's held-out split is kept. Ids are prefixed with the source's position, so sources
+    set's held-out split is kept, except for the sources in `whole` (sets no training stage
+    reads, held out entirely). Ids are prefixed with the source's position, so sources
     that reuse ids (or prompts) keep theirs apart.
     """
     for source in sources:
@@ -98,7 +104,7 @@ def read_prompt_files(sources: list[str], heldout: tuple[float, int] | None = No
         else:
             kind = {".jsonl": "jsonl", ".parquet": "parquet"}.get(Path(source).suffix.lower(), "text")
             name, records = source, load_prompts(Path(source), kind=kind)
-        if heldout is not None:
+        if heldout is not None and source not in whole:
             _, records = split_train_heldout(records, *heldout)
             if not records:
                 raise DatasetError(f"{source}: --heldout: nothing held out at sl_cai.heldout_fraction={heldout[0]}")
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = compose(overrides)
         heldout = (run.sl_cai.heldout_fraction, run.seed) if args.heldout else None
-        prompts = read_prompt_files(args.prompts, heldout)
+        prompts = read_prompt_files(args.prompts, heldout, _read_whole(run))
         models = {name: resolve_model(name) for name in dict.fromkeys(args.model)}
         if args.reward_model is not None and not (args.reward_model / "config.json").is_file():
             raise ValueError(f"--reward-model {args.reward_model}: no config.json (not a model folder)")
@@ -205,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     print_table(summary)
     print(f"wrote {args.output}, {rows_path} and {plot}")
     return 0
+
+
+def _read_whole(run: RunConfig) -> set[str]:
+    """The sources the evaluate stage holds out entirely (no training stage reads them)."""
+    from rlaif.stages.evaluate import heldout_sets
+
+    return {s.source for s in heldout_sets(run) if s.whole}
 
 
 def _connect(run: RunConfig) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,14 +107,54 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     assert "matplotlib.backends.backend_agg" in sys.modules
 
 
-def test_the_plot_shows_each_benign_set(tmp_path: Path) -> None:
+THREE_SETS = {
+    "initial": {"red_team": 0.0, "helpful": 0.0, "sensitive": 0.05, "sensitive_harmful": 0.0},
+    "sft": {"red_team": 0.75, "helpful": 0.25, "sensitive": 0.5, "sensitive_harmful": 0.5},
+    "policy": {"red_team": 0.8, "helpful": 0.1, "sensitive": 0.3, "sensitive_harmful": 0.9},
+}
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures the plot functions close, kept open so a test can read what was drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    return figures
+
+
+def _points(fig: Any) -> dict[str, list[tuple[float, float]]]:
+    """Legend label -> the scatter points drawn with that label's marker shape, in draw order."""
+    ax = fig.axes[0]
+
+    def shape(collection: Any) -> bytes:
+        return bytes(collection.get_paths()[0].vertices.round(6).tobytes())
+
+    labels = {shape(h): text for h, text in zip(*ax.get_legend_handles_labels(), strict=True)}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for c in ax.collections:
+        out.setdefault(labels.get(shape(c), "?"), []).extend((float(x), float(y)) for x, y in c.get_offsets())
+    return out
+
+
+def test_the_plot_shows_each_benign_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
-    refusal = {
-        "initial": {"red_team": 0.0, "helpful": 0.0, "sensitive": 0.05},
-        "policy": {"red_team": 0.8, "helpful": 0.1, "sensitive": 0.3},
-    }
-    path = plot_harmless_helpful(refusal, tmp_path / "hh.png", "red_team", ("helpful", "sensitive"))
+    figures = _drawn(monkeypatch)
+    path = plot_harmless_helpful(THREE_SETS, tmp_path / "hh.png", "red_team", ("helpful", "sensitive"))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = figures
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["helpful", "sensitive"]
+    # One point per model and benign set at (red-team refusal, 1 - that set's refusal), models in order;
+    # e.g. sft: (0.75, 1 - 0.25) on helpful and (0.75, 1 - 0.5) on sensitive.
+    assert _points(fig) == {
+        "helpful": [(0.0, 1.0), (0.75, 0.75), (0.8, 0.9)],
+        "sensitive": [(0.0, 0.95), (0.75, 0.5), (0.8, 0.7)],
+    }
+    assert [t.get_text() for t in ax.texts] == ["initial", "sft", "policy"]
     with pytest.raises(KeyError):
         plot_harmless_helpful({"initial": {"red_team": 0.0, "helpful": 0.0}}, tmp_path / "x.png", "red_team",
                               ("helpful", "sensitive"))  # fmt: skip
@@ -160,7 +202,61 @@ def test_the_command_reads_shipped_sets_and_keeps_their_held_out_split(tmp_path:
     held = read_prompt_files(["builtin:sensitive"], (0.2, 3))
     _, expected = split_train_heldout(load_prompts("builtin:sensitive"), 0.2, 3)
     assert [r.id for _, r in held] == [f"0:{r.id}" for r in expected] and 0 < len(held) < len(both)
+    # A set no training stage reads is kept whole, as the stage does, while the others are split.
+    mixed = read_prompt_files(
+        ["builtin:sensitive", "builtin:sensitive_harmful"], (0.2, 3), {"builtin:sensitive_harmful"}
+    )
+    assert sum(name == "sensitive" for name, _ in mixed) == len(expected)
+    harmful = [r.id for name, r in mixed if name == "sensitive_harmful"]
+    assert harmful == [f"1:{r.id}" for r in load_prompts("builtin:sensitive_harmful")]
     with pytest.raises(DatasetError, match="nosuch.txt: no such prompt file"):
         read_prompt_files([str(tmp_path / "nosuch.txt")])
     with pytest.raises(DatasetError, match="unknown builtin prompt set 'nope'"):
         read_prompt_files(["builtin:nope"])
+
+
+def test_the_stage_plots_both_benign_sets_against_red_team(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from rlaif.stages.evaluate import PLOT, _plot
+
+    figures = _drawn(monkeypatch)
+    assert _plot(THREE_SETS, tmp_path / PLOT) == tmp_path / PLOT
+    # The harmful counterparts are not a benign set: they stay off the helpfulness axis.
+    assert set(_points(figures[0])) == {"helpful", "sensitive"}
+    no_sensitive = {m: {"red_team": v["red_team"], "helpful": v["helpful"]} for m, v in THREE_SETS.items()}
+    assert _plot(no_sensitive, tmp_path / "two.png") == tmp_path / "two.png"
+    assert set(_points(figures[1])) == {"helpful"}
+    no_red_team = {m: {"helpful": v["helpful"], "sensitive": v["sensitive"]} for m, v in THREE_SETS.items()}
+    assert _plot(no_red_team, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_the_command_splits_as_the_stage_at_the_configured_fraction_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import rlaif.evaluate
+    from rlaif.core.prompts import DatasetError
+
+    read = rlaif.evaluate.read_prompt_files
+    asked: list[tuple[list[str], tuple[float, int] | None, Collection[str]]] = []
+
+    def read_then_stop(sources: list[str], heldout: tuple[float, int] | None, whole: Collection[str]) -> Any:
+        # The real reading (its errors included), then a stop before any model is resolved or Ray starts.
+        asked.append((sources, heldout, whole))
+        read(sources, heldout, whole)
+        raise DatasetError("stopped")
+
+    monkeypatch.setattr(rlaif.evaluate, "read_prompt_files", read_then_stop)
+    args = ["--model", "m", "--prompts", "builtin:sensitive", "--output", str(tmp_path / "e.json")]
+    assert rlaif.evaluate.main([*args, "--heldout", "seed=3", "sl_cai.heldout_fraction=0.2"]) == 1
+    assert rlaif.evaluate.main(args) == 1
+    assert asked == [
+        (["builtin:sensitive"], (0.2, 3), {"builtin:sensitive_harmful"}),
+        (["builtin:sensitive"], None, {"builtin:sensitive_harmful"}),
+    ]
+    # Nothing held out: the error names the set, the flag and the fraction.
+    assert rlaif.evaluate.main([*args, "--heldout", "sl_cai.heldout_fraction=0"]) == 1
+    assert "builtin:sensitive: --heldout: nothing held out at sl_cai.heldout_fraction=0.0" in capsys.readouterr().err
+    # The stage's wholly held-out set reads whole even where nothing else would be held out.
+    whole = ["--model", "m", "--prompts", "builtin:sensitive_harmful", "--heldout", "sl_cai.heldout_fraction=0"]
+    assert rlaif.evaluate.main(whole) == 1
+    assert capsys.readouterr().err.strip() == "error: stopped"

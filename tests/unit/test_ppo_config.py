@@ -112,3 +112,7 @@ def test_bad_eval_values_fail_naming_the_field() -> None:
         EvalConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="eval.temperature"):
         EvalConfig(temperature=-1.0)
+    for field in ("num_red_team", "num_helpful", "num_sensitive", "num_sensitive_harmful"):
+        with pytest.raises(ValueError, match=f"eval.{field} must be >= 0"):
+            EvalConfig(**{field: -1})  # type: ignore[arg-type]
+    assert EvalConfig(num_sensitive=0).num_sensitive == 0  # 0: every held-out prompt
