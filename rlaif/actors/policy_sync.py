@@ -1,4 +1,4 @@
-"""Weight sync from the PPO learner group to every rollout engine (DESIGN §5).
+"""Weight sync from the PPO learner group to every rollout engine (docs/design.md §5).
 
 `PolicySync` joins learner rank 0 and every rollout actor into one broadcast group
 (gloo on CPU, NCCL on GPU; `rlaif.engines.weight_sync.SyncGroup`). Each

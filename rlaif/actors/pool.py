@@ -33,7 +33,7 @@ MAX_TASK_RETRIES = 3
 
 
 def engine_env(cpus: float, threads_per_worker: int | None = None) -> dict[str, str]:
-    """Environment for an actor that holds a vLLM engine in-process (DESIGN §5, §7).
+    """Environment for an actor that holds a vLLM engine in-process (docs/design.md §5, §7).
 
     Its thread count is `threads_per_worker`, or else the CPUs it reserves rounded down (at least 1).
     """

@@ -2,7 +2,7 @@
 
 Plain Python, testable in-process; `rlaif.actors.pool` applies `ray.remote` with the
 role's resources. Weights arrive as numpy arrays (zero-copy through Ray's object
-store, DESIGN §7) and are handed to the engine as torch tensors.
+store, docs/design.md §7) and are handed to the engine as torch tensors.
 """
 
 from __future__ import annotations

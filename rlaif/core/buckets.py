@@ -1,4 +1,4 @@
-"""Bucketing a model's tensors for weight sync (DESIGN §5).
+"""Bucketing a model's tensors for weight sync (docs/design.md §5).
 
 Both ends of a broadcast compute the same plan from the same tensor metadata, so only
 the flat buckets travel: one collective per bucket instead of one per tensor.

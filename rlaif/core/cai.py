@@ -89,7 +89,7 @@ class RevisionRound:
 
 @dataclass(frozen=True)
 class SLCAIRecord:
-    """One red-team prompt's SL-CAI outcome (DESIGN §4); `final_answer` is what SFT learns.
+    """One red-team prompt's SL-CAI outcome (docs/design.md §4); `final_answer` is what SFT learns.
 
     ``critique_revision``: `final_answer` is the last non-degenerate revision of `rounds`,
     and `degenerate` is True when no round produced one. ``context_distillation``: no

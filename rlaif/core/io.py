@@ -1,4 +1,4 @@
-"""Stage outputs on disk (DESIGN §4): atomic JSONL files and the MANIFEST that marks a stage done.
+"""Stage outputs on disk (docs/design.md §4): atomic JSONL files and the MANIFEST that marks a stage done.
 
 Each stage writes under ``<run_dir>/<stage>/``. Files are written to a temporary name
 and renamed, so a killed run never leaves half a file under the real name; the

@@ -7,7 +7,7 @@ The `preferences` stage writes, under ``<run_dir>/preferences/``:
 - ``labels.jsonl``: one `PairLabel` per line: the label, its source, and the judge's
   verdict when the judge ran (plus any chain-of-thought text);
 - ``trl.jsonl``: ``prompt / chosen / rejected`` rows with the soft label, the form
-  TRL's ``RewardTrainer`` and ``DPOTrainer`` read (DESIGN §4).
+  TRL's ``RewardTrainer`` and ``DPOTrainer`` read (docs/design.md §4).
 
 Readers validate every row and raise `DatasetError` naming file, line and field.
 """

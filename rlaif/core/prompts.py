@@ -1,9 +1,9 @@
 """Prompt datasets: typed records, loaders and a stable train/held-out split.
 
 SL-CAI answers red-team prompts and mixes in helpfulness prompts; RL-CAI
-samples on red-team prompts again (DESIGN §1). Every prompt becomes a
+samples on red-team prompts again (docs/design.md §1). Every prompt becomes a
 ``PromptRecord`` with a stable id, so stages can resume and retry without
-losing or duplicating records (DESIGN §4).
+losing or duplicating records (docs/design.md §4).
 
     from rlaif.core.prompts import load_prompts, split_train_heldout
     records = load_prompts("builtin:red_team")          # shipped JSONL

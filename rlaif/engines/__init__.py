@@ -1,1 +1,1 @@
-"""engines layer of rlaif (see DESIGN §3)."""
+"""engines layer of rlaif (see docs/design.md §3)."""

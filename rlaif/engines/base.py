@@ -39,7 +39,7 @@ class EngineSpec:
 
     model_path: str
     backend: Literal["vllm", "transformers"] = "vllm"
-    # "float32" on CPU (no native bf16 there, DESIGN §7); "bfloat16" on GPUs.
+    # "float32" on CPU (no native bf16 there, docs/design.md §7); "bfloat16" on GPUs.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_model_len: int = 2048
     seed: int = 0

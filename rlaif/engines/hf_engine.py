@@ -1,6 +1,6 @@
 """Hugging Face transformers backend of the engine interface.
 
-Slower than vLLM (DESIGN §7) but needs nothing beyond transformers: the reference for
+Slower than vLLM (docs/design.md §7) but needs nothing beyond transformers: the reference for
 the agreement tests, a fallback where vLLM is missing, and the path on a lent GPU
 machine that has no vLLM wheel.
 """

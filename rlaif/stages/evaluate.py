@@ -139,7 +139,7 @@ def heldout_prompts(run: RunConfig) -> list[tuple[str, PromptRecord]]:
 
 
 def _safetensors(folder: Path) -> list[tuple[str, np.ndarray]]:
-    """A model folder's weights as numpy arrays (zero-copy through Ray's object store, DESIGN §7)."""
+    """A model folder's weights as numpy arrays (zero-copy through Ray's object store, docs/design.md §7)."""
     from safetensors.numpy import load_file
 
     files = sorted(folder.glob("*.safetensors"))

@@ -1,4 +1,4 @@
-"""The driver: runs the stages in order, skipping those whose MANIFEST exists (DESIGN §4).
+"""The driver: runs the stages in order, skipping those whose MANIFEST exists (docs/design.md §4).
 
 Each stage is a function of a `StageContext`; it reads earlier stages' outputs from
 their folders under the run directory and writes its own, manifest last.

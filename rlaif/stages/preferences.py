@@ -1,4 +1,4 @@
-"""Stage `preferences` (RL-CAI labelling, DESIGN §1 stage 2 steps 1-5): response pairs and their labels.
+"""Stage `preferences` (RL-CAI labelling, docs/design.md §1 stage 2 steps 1-5): response pairs and their labels.
 
 1. The policy (the SFT model once the `sft` stage has finished, else `model.name`, or
    `label.policy`) answers each red-team prompt twice through a pool of rollout actors,

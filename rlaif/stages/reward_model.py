@@ -1,4 +1,4 @@
-"""Stage `reward_model` (DESIGN §1 stage 2 step 6): a preference model trained on the judge's soft labels.
+"""Stage `reward_model` (docs/design.md §1 stage 2 step 6): a preference model trained on the judge's soft labels.
 
 A `TrainerGroup` of `RewardTrainer` ranks (`cluster.reward_trainer` ranks, ZeRO stage
 and offloading from `deepspeed`) trains a scalar-head model started from

@@ -1,4 +1,4 @@
-"""Stage ``rl_cai``: PPO against the constitutional reward model (Bai et al. 2022 §4.1; DESIGN §1, stage 2).
+"""Stage ``rl_cai``: PPO against the constitutional reward model (Bai et al. 2022 §4.1; docs/design.md §1, stage 2).
 
 Every iteration is one pass of the algorithm (`ppo_iteration`):
 

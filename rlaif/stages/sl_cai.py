@@ -23,7 +23,7 @@ degenerate, counted by reason, and left out of SFT; so are refusals of a benign 
 
 Outputs under ``<run_dir>/sl_cai/``:
 
-- ``records.jsonl``: one `SLCAIRecord` per red-team prompt (DESIGN §4), with its method;
+- ``records.jsonl``: one `SLCAIRecord` per red-team prompt (docs/design.md §4), with its method;
 - ``helpful.jsonl``: ``{id, kind, prompt, answer, degenerate, refusal}`` per benign prompt
   (kind ``helpful`` or ``sensitive``);
 - ``work/``: per-step logs; a killed run resumes from them (`rlaif.core.resume`), and

@@ -1,1 +1,1 @@
-"""trainers layer of rlaif (see DESIGN §3)."""
+"""trainers layer of rlaif (see docs/design.md §3)."""

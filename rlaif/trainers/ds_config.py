@@ -1,7 +1,7 @@
 """DeepSpeed configuration for rlaif's trainers, built from explicit values.
 
 `build_ds_config(...)` returns the dict that `deepspeed.initialize(config=...)`
-takes, with the optimizer and learning-rate schedule inside it (DESIGN §7:
+takes, with the optimizer and learning-rate schedule inside it (docs/design.md §7:
 DeepSpeed then picks its own Adam kernel instead of wrapping a torch optimizer):
 
 - ``offload_optimizer=True``: ZeRO keeps fp32 master weights and Adam state in CPU
@@ -12,7 +12,7 @@ DeepSpeed then picks its own Adam kernel instead of wrapping a torch optimizer):
   DeepSpeed compiles a CPU build of it (about two minutes, once).
 
 Both run on CPU over gloo with fp32 weights; CPU runs must pass ``bf16=False``
-(no native bf16 there: a bf16 backward pass is about 100x slower, DESIGN §7).
+(no native bf16 there: a bf16 backward pass is about 100x slower, docs/design.md §7).
 
 One fp32 rank (``world_size=1``, ZeRO-1/2, ``offload_optimizer=True``) has nothing to
 shard, and ZeRO's gradient buckets and fp32 partition still copy every gradient

@@ -1,4 +1,4 @@
-"""The PPO learner (RL-CAI, DESIGN §1 stage 2 step 7): one DeepSpeed rank of actor, critic and reference.
+"""The PPO learner (RL-CAI, docs/design.md §1 stage 2 step 7): one DeepSpeed rank of actor, critic and reference.
 
 `PPOTrainer` is plain Python holding one rank of a data-parallel group;
 `rlaif.actors.trainer_group.TrainerGroup` runs N of them as Ray actors. Each rank holds
@@ -27,7 +27,7 @@ it computed at rollout time, so `logprobs_and_values(keep_value_graph=True)` kee
 pass's graph and `train` backpropagates the value loss through it: one critic forward
 pass per sample instead of two (`ppo.value_forward=once`).
 
-Weight sync (DESIGN §5): rank 0 joins a broadcast group with the rollout engines
+Weight sync (docs/design.md §5): rank 0 joins a broadcast group with the rollout engines
 (`join_sync_group`); `send_weights` is called on every rank, because under ZeRO-3 each
 bucket's parameters are gathered collectively (`deepspeed.zero.GatheredParameters`),
 one bucket at a time, never the whole model at once; rank 0 then broadcasts it.

@@ -1,4 +1,4 @@
-"""The preference (reward) model and one DeepSpeed rank that trains it (DESIGN §1, stage 2 step 6).
+"""The preference (reward) model and one DeepSpeed rank that trains it (docs/design.md §1, stage 2 step 6).
 
 `RewardModel` is a causal-LM backbone with a scalar head: a transformers
 `AutoModelForSequenceClassification` with ``num_labels=1`` (for Llama-family

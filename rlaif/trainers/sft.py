@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (SL-CAI, DESIGN §1 stage 1): one DeepSpeed rank.
+"""Supervised fine-tuning (SL-CAI, docs/design.md §1 stage 1): one DeepSpeed rank.
 
 `SFTTrainer` is plain Python holding one rank of a data-parallel DeepSpeed group;
 `rlaif.actors.trainer_group.TrainerGroup` runs N of them as Ray actors. Each

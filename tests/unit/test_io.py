@@ -1,4 +1,4 @@
-"""Atomic stage outputs and manifests (DESIGN §4)."""
+"""Atomic stage outputs and manifests (docs/design.md §4)."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""`rlaif.core` is pure: importing it pulls in neither ray, vllm nor deepspeed (DESIGN §3)."""
+"""`rlaif.core` is pure: importing it pulls in neither ray, vllm nor deepspeed (docs/design.md §3)."""
 
 import re
 import subprocess
