@@ -601,6 +601,11 @@ class PlanConfig:
             raise ValueError(f"plan: need nodes >= 1, gpus_per_node >= 0, positive memory and params, got {self}")
 
 
+# The stages `python -m rlaif.run` knows, in pipeline order. Plain names, so that validation needs
+# no import of the stages; rlaif.stages.registry maps each to its code and checks it has them all.
+STAGE_NAMES = ("smoke", "sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = MISSING
@@ -627,12 +632,10 @@ class RunConfig:
     name: str = "smoke"
     # One seed for everything that samples.
     seed: int = 0
-    # The stages to run, in order (see rlaif.stages.registry); finished ones are skipped.
+    # The stages to run, in order (STAGE_NAMES; rlaif.stages.registry maps them to code); finished ones are skipped.
     stages: list[str] = field(default_factory=lambda: ["smoke"])
 
     def __post_init__(self) -> None:
-        from rlaif.stages.registry import STAGE_NAMES
-
         unknown = [s for s in self.stages if s not in STAGE_NAMES]
         if unknown:
             raise ValueError(f"stages: unknown stage(s) {unknown}; known: {list(STAGE_NAMES)}")

@@ -1,7 +1,8 @@
 """The stages `python -m rlaif.run` knows, by name, in pipeline order.
 
-Names are plain strings here so that config validation can check them without
-importing the stages (and with them Ray and the engines).
+The names live in `rlaif.config.STAGE_NAMES`, so that config validation checks them without
+importing the stages (and with them Ray and the engines); this module maps each to its code
+and imports a stage's module only when the stage is looked up.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
+from rlaif.config import STAGE_NAMES
 from rlaif.stages.pipeline import Stage
 
 # name -> "module:function"
@@ -21,7 +23,10 @@ _STAGES = {
     "rl_cai": "rlaif.stages.rl_cai:rl_cai_stage",
     "evaluate": "rlaif.stages.evaluate:evaluate_stage",
 }
-STAGE_NAMES = tuple(_STAGES)
+if tuple(_STAGES) != STAGE_NAMES:
+    raise ImportError(
+        f"rlaif.stages.registry: stages {tuple(_STAGES)} differ from rlaif.config.STAGE_NAMES {STAGE_NAMES}"
+    )
 
 
 class _Registry(Mapping[str, Stage]):
