@@ -46,16 +46,24 @@ class RewardScorer:
     """Holds a reward model for inference; `score` returns one scalar reward per (prompt, response)."""
 
     def __init__(
-        self, model_path: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8, max_len: int = 1024
+        self,
+        model_path: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 8,
+        max_len: int = 1024,
+        trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoTokenizer
 
         if batch_size < 1 or max_len < 1:
             raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size}, {max_len}")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.pad_token_id = pad_token_id(self.tokenizer)
         self.device = torch.device(device)
-        self.model = RewardModel.from_pretrained(model_path, self.pad_token_id, _DTYPES[dtype]).to(self.device)
+        self.model = RewardModel.from_pretrained(model_path, self.pad_token_id, _DTYPES[dtype], trust_remote_code).to(
+            self.device
+        )
         self.model.eval()
         self.batch_size, self.max_len = batch_size, max_len
 

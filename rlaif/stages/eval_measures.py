@@ -109,7 +109,14 @@ def score_responses(
 ) -> dict[str, list[float]]:
     """model -> the reward model's score of each answer, in prompt order (``cluster.reward_scorer``)."""
     r = run.cluster.reward_scorer
-    args = (str(reward_model), run.engine.device, run.engine.dtype, _SCORE_BATCH, run.reward_model.max_len)
+    args = (
+        str(reward_model),
+        run.engine.device,
+        run.engine.dtype,
+        _SCORE_BATCH,
+        run.reward_model.max_len,
+        run.model.trust_remote_code,
+    )
     scorer = RewardModelScorer(
         ActorPool(RewardScorer, role_spec("reward_scorer", r, run), args, engine_env(r.cpus_per_worker))
     )

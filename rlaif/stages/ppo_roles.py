@@ -218,6 +218,7 @@ def learner_args(run: RunConfig, paths: ModelPaths, world_size: int) -> dict[str
         "temperature": cfg.temperature,
         "gradient_checkpointing": ds.gradient_checkpointing,
         "seed": run.seed,
+        "trust_remote_code": run.model.trust_remote_code,
     }
 
 
@@ -322,6 +323,7 @@ def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec) -> Scor
         run.engine.dtype,
         run.ppo.micro_batch_size,
         run.reward_model.max_len,
+        run.model.trust_remote_code,
     )
     env = {
         **engine_env(spec.cpus_per_worker, run.cluster.reward_scorer.threads_per_worker),

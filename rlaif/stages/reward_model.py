@@ -145,6 +145,7 @@ def start_group(run: RunConfig, base: Path) -> TrainerGroup:
         "gradient_checkpointing": ds.gradient_checkpointing,
         "seed": run.seed,
         "max_len": cfg.max_len,
+        "trust_remote_code": run.model.trust_remote_code,
     }
     return TrainerGroup(RewardTrainer, spec, args, malloc=run.cluster.trainer_malloc)
 

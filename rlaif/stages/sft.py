@@ -87,6 +87,7 @@ def _start_group(run: RunConfig, model_path: Path) -> TrainerGroup:
         "gradient_checkpointing": ds.gradient_checkpointing,
         "seed": run.seed,
         "max_len": cfg.max_len,
+        "trust_remote_code": run.model.trust_remote_code,
     }
     log.info("starting %d SFT rank(s), ZeRO-%d", r.num_workers, ds.zero_stage)
     return TrainerGroup(SFTTrainer, spec, args, malloc=run.cluster.trainer_malloc)

@@ -127,6 +127,7 @@ class PPOTrainer:
         master_port: int,
         gradient_checkpointing: bool = False,
         seed: int = 0,
+        trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,17 +137,19 @@ class PPOTrainer:
         self.rank, self.world_size, self.master_addr = rank, world_size, master_addr
         self.temperature, self.seed = temperature, seed
         torch.manual_seed(seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(policy_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=trust_remote_code)
         pad_id = D.pad_token_id(self.tokenizer)
         dtype = torch.bfloat16 if actor_ds_config.get("bf16", {}).get("enabled") else torch.float32
-        policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
-        critic = ValueModel(RewardModel.from_pretrained(critic_path, pad_id, dtype).model)
+        policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        critic = ValueModel(RewardModel.from_pretrained(critic_path, pad_id, dtype, trust_remote_code).model)
         if gradient_checkpointing:
             for m in (policy, critic.model):
                 m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.actor = D.create_engine(policy, actor_ds_config)
         self.critic = D.create_engine(critic, critic_ds_config)
-        self.reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=dtype).to(self.actor.device)
+        self.reference = AutoModelForCausalLM.from_pretrained(
+            reference_path, dtype=dtype, trust_remote_code=trust_remote_code
+        ).to(self.actor.device)
         self.reference.eval().requires_grad_(False)
         self.micro_batch_size = int(self.actor.train_micro_batch_size_per_gpu())
         self.zero_stage = D.zero_stage(self.actor)

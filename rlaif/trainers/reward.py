@@ -82,16 +82,22 @@ class RewardModel(torch.nn.Module):
         return head
 
     @classmethod
-    def from_pretrained(cls, model_path: str, pad_token_id: int, dtype: torch.dtype) -> RewardModel:
-        """Load a reward model, or start one from a causal LM with a fresh head (`init_head`)."""
+    def from_pretrained(
+        cls, model_path: str, pad_token_id: int, dtype: torch.dtype, trust_remote_code: bool = False
+    ) -> RewardModel:
+        """Load a reward model, or start one from a causal LM with a fresh head (`init_head`).
+
+        `trust_remote_code` lets transformers run the model folder's own code (``model.trust_remote_code``)."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        config = AutoConfig.from_pretrained(model_path)
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         fresh = not any(arch.endswith("ForSequenceClassification") for arch in config.architectures or ())
         config.num_labels = 1
         # transformers' own pooling (used by anyone loading the saved folder) needs a pad id.
         config.pad_token_id = pad_token_id
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
         reward_model = cls(model)
         if fresh:
             reward_model.init_head()
@@ -185,6 +191,7 @@ class RewardTrainer:
         gradient_checkpointing: bool = False,
         seed: int = 0,
         max_len: int = 1024,
+        trust_remote_code: bool = False,
     ) -> None:
         """As `rlaif.trainers.sft.SFTTrainer`; `model_path` is a causal LM (a fresh head is added,
         `RewardModel.init_head`) or a saved reward model; `max_len` keeps the last tokens of longer texts."""
@@ -196,10 +203,10 @@ class RewardTrainer:
         self.rank, self.world_size, self.max_len = rank, world_size, max_len
         self.gradient_checkpointing = gradient_checkpointing
         torch.manual_seed(seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.pad_token_id = D.pad_token_id(self.tokenizer)
         dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
-        model = RewardModel.from_pretrained(model_path, self.pad_token_id, dtype)
+        model = RewardModel.from_pretrained(model_path, self.pad_token_id, dtype, trust_remote_code)
         if gradient_checkpointing:
             model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine = D.create_engine(model, ds_config)

@@ -153,6 +153,7 @@ class SFTTrainer:
         gradient_checkpointing: bool = False,
         seed: int = 0,
         max_len: int = 1024,
+        trust_remote_code: bool = False,
     ) -> None:
         """Load the model, join the process group and build the DeepSpeed engine.
 
@@ -166,6 +167,7 @@ class SFTTrainer:
             gradient_checkpointing: recompute activations in backward to save memory.
             seed: torch's seed (DeepSpeed broadcasts rank 0's weights, so ranks agree anyway).
             max_len: conversations are cut to this many tokens.
+            trust_remote_code: let transformers run the model folder's own code (``model.trust_remote_code``).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -174,10 +176,10 @@ class SFTTrainer:
         D.init_process_group(rank, world_size, master_addr, master_port, D.default_backend())
         self.rank, self.world_size, self.max_len = rank, world_size, max_len
         torch.manual_seed(seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.pad_token_id = D.pad_token_id(self.tokenizer)
         dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
         if gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs and with ZeRO-3's parameter hooks.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
