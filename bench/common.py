@@ -145,7 +145,7 @@ def resolve_bench_model(name: str) -> Path:
     if name == "tiny":
         tok = embedded_tokenizer_dir()
         if tok is not None:
-            from rlaif.engines.tiny import build_tiny_llama
+            from bench.tiny import build_tiny_llama
 
             return build_tiny_llama(bench_cache() / "tiny", tok)
         return _build_random_llama(

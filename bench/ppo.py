@@ -63,7 +63,7 @@ def build_reward_model(policy: Path, dest: Path) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         model.score.weight.normal_(0.0, 0.02)
-    from rlaif.engines.tiny import save_model_folder
+    from bench.tiny import save_model_folder
 
     return save_model_folder(model, tokenizer, dest)
 

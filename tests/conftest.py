@@ -22,7 +22,7 @@ def embedded_model() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(embedded_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rlaif.engines.tiny import build_tiny_llama
+    from bench.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", embedded_model)
 

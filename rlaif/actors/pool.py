@@ -18,7 +18,7 @@ group and pushes the current policy, and the stage samples that iteration's batc
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import ray
@@ -84,9 +84,6 @@ class ActorPool:
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
-
-    def call_each(self, fn: Callable[[Any], Any]) -> list[Any]:
-        return ray.get([fn(a) for a in self.actors])
 
     def locations(self) -> list[dict[str, Any]]:
         """Where each actor runs now: its index, Ray node id, node IP and process id."""

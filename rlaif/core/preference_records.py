@@ -293,8 +293,3 @@ def read_item_rows(path: Path) -> list[tuple[dict[str, Any], MultipleChoiceItem]
     if not out:
         raise DatasetError(f"{path}: no items")
     return out
-
-
-def read_items(path: Path) -> list[MultipleChoiceItem]:
-    """Multiple-choice items from a JSONL file (see `read_item_rows`)."""
-    return [item for _, item in read_item_rows(path)]

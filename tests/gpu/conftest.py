@@ -26,6 +26,6 @@ def tokenizer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def gpu_tiny_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rlaif.engines.tiny import build_tiny_llama
+    from bench.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("gpu-tiny") / "tiny-llama", tokenizer_dir, layers=4)

@@ -45,9 +45,13 @@ def test_manifest_marks_the_stage_done(tmp_path: Path) -> None:
 def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path: Path) -> None:
     import os
 
-    umask = os.umask(0o022)
-    try:
-        write_jsonl(tmp_path / "r.jsonl", [{"id": "a"}])
-    finally:
-        os.umask(umask)
-    assert (tmp_path / "r.jsonl").stat().st_mode & 0o777 == 0o644
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        umask = os.umask(mask)
+        try:
+            write_jsonl(tmp_path / "r.jsonl", [{"id": "a"}])
+            # Writing leaves the process umask as it found it.
+            assert os.umask(mask) == mask
+        finally:
+            os.umask(umask)
+        assert (tmp_path / "r.jsonl").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]  # no temporary file left behind

@@ -25,7 +25,7 @@ from rlaif.core.preference_records import (
     pair_from_row,
     pair_to_row,
     position_bias_stats,
-    read_items,
+    read_item_rows,
     read_pairs,
     trl_row,
 )
@@ -170,22 +170,22 @@ def test_bad_multiple_choice_lines_name_file_and_line(tmp_path: Path, line: str,
     path = tmp_path / "items.jsonl"
     path.write_text('{"id": 0, "prompt": "q", "options": ["a", "b"]}\n' + line + "\n")
     with pytest.raises(DatasetError, match=rf"items.jsonl: line 2: .*{message}"):
-        read_items(path)
+        read_item_rows(path)
 
 
 def test_items_parse_and_duplicate_ids_fail(tmp_path: Path) -> None:
     path = tmp_path / "items.jsonl"
     path.write_text('{"id": 7, "prompt": "q", "options": ["a", "b", "c"]}\n')
-    (item,) = read_items(path)
+    ((_, item),) = read_item_rows(path)
     assert item.id == "7" and item.options == ("a", "b", "c")
     path.write_text(
         '{"id": 7, "prompt": "q", "options": ["a", "b"]}\n{"id": "7", "prompt": "r", "options": ["a", "b"]}\n'
     )
     with pytest.raises(DatasetError, match="line 2: duplicate id '7' \\(first at line 1\\)"):
-        read_items(path)
+        read_item_rows(path)
     path.write_text("\n")
     with pytest.raises(DatasetError, match="no items"):
-        read_items(path)
+        read_item_rows(path)
 
 
 def test_label_and_reward_model_configs_reject_bad_values() -> None:

@@ -1,5 +1,8 @@
 """A tiny randomly initialised Llama, built on the fly, for fast tests and benchmarks.
 
+A development helper: it lives beside the benchmarks, outside the installed package; the tests
+import it as ``bench.tiny`` from the repository root.
+
 It uses the embedded model's tokenizer so that prompts, chat templates and option
 tokens are real; only the network is small (about 6 M parameters, mostly the
 embedding; head_dim 64, which
