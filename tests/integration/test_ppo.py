@@ -2,7 +2,9 @@
 
 1. Weight sync with the real `PPOTrainer` as sender: after a PPO update and a sync,
    every engine's greedy output and option log-probs equal the learner's own model's
-   (ZeRO-2 with two engines; ZeRO-3 with two ranks, whose shards are gathered per bucket).
+   (one fp32 rank with two engines: asked for ZeRO-2, such a rank runs as stage 0 with
+   DeepSpeedCPUAdam, `rlaif.trainers.ds_config`; ZeRO-3 with two ranks, whose shards are
+   gathered per bucket, and one engine).
 2. A short RL-CAI run with a rule reward (how often one token appears): the mean reward
    clearly rises, each batch takes several optimizer steps, truncated responses pay the
    missing-EOS penalty, and the engine-vs-learner log-prob mismatch is logged (and small).
@@ -61,6 +63,9 @@ class InspectedPPOTrainer(PPOTrainer):
         hf = TransformersEngine(EngineSpec(model_path=model_path, backend="transformers", max_model_len=256))
         hf.update_weights(state.items(), version=1)
         return _outputs(hf)
+
+    def zero_stage_in_use(self) -> int:
+        return int(self.zero_stage)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Actor and critic weights (ZeRO < 3: whole on every rank)."""
@@ -135,11 +140,17 @@ def _ppo_update(learner: TrainerGroup, rollout: ActorPool) -> None:
 
 
 @pytest.mark.usefixtures("ray_cluster")
-@pytest.mark.parametrize(("zero_stage", "ranks", "engines"), [(2, 1, 2), (3, 2, 1)])
+@pytest.mark.parametrize(
+    ("zero_stage", "ranks", "engines"),
+    [(2, 1, 2), (3, 2, 1)],
+    ids=["one-rank-stage0-two-engines", "zero3-two-ranks-one-engine"],
+)
 def test_rollout_engines_match_the_ppo_learner_after_sync(
     tiny_model: Path, zero_stage: int, ranks: int, engines: int
 ) -> None:
     learner = _learner(tiny_model, zero_stage, ranks)
+    # What the ranks run: a single fp32 rank is rewritten to stage 0 (no ZeRO partitions to gather).
+    assert learner.run_all("zero_stage_in_use") == [0 if ranks == 1 else zero_stage] * ranks
     engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256, kv_cache_gib=1)
     pool = ActorPool(InspectedRollout, RoleGroupSpec("rollout", engines, 0.5, 0), (engine,), engine_env(1))
     try:
@@ -164,7 +175,7 @@ def test_rollout_engines_match_the_ppo_learner_after_sync(
 @pytest.mark.usefixtures("ray_cluster")
 def test_one_critic_pass_trains_the_critic_as_a_second_pass_would(tiny_model: Path, tmp_path: Path) -> None:
     """ppo.value_forward=once: the rollout-time critic pass, kept, gives the update of a fresh pass."""
-    learner = _learner(tiny_model, zero_stage=2, ranks=1)
+    learner = _learner(tiny_model, zero_stage=2, ranks=1)  # runs as stage 0 (one fp32 rank)
     generator = torch.Generator().manual_seed(0)
     # Prompts and responses of different lengths: left- and right-padding both in play.
     prompts = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (7, 3, 5, 6)]
