@@ -78,3 +78,34 @@ def test_check_fails_on_a_renamed_section_or_missing_file(tmp_path: Path) -> Non
         "docs/design.md §2: no heading '## 2. …'",
         "docs/other.md §1: no such file",
     ]
+
+
+def _config_reference():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_reference_matches_the_schemas_and_defaults(tmp_path: Path) -> None:
+    ref = _config_reference()
+    assert ref.main(["--check"]) == 0, "docs/config.md is stale: run python scripts/config_reference.py"
+    # The check fails on a reference that no longer matches (a default changed by hand here).
+    stale = tmp_path / "config.md"
+    stale.write_text(
+        (ROOT / "docs" / "config.md").read_text().replace("| `seed` | `int` | `0` |", "| `seed` | `int` | `1` |")
+    )
+    assert ref.main(["--check", "--output", str(stale)]) == 1
+
+
+def test_every_config_key_is_explained() -> None:
+    text = (ROOT / "docs" / "config.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) > 150
+    unexplained = [row.split("|")[1].strip() for row in rows if row.rstrip().endswith("|  |")]
+    assert unexplained == [], f"fields with no comment in rlaif/config.py: {unexplained}"
+    for key in ("ppo.sensitive_fraction", "eval.num_sensitive_harmful", "cluster.learner.threads_per_worker"):
+        assert f"| `{key}` |" in text
