@@ -248,6 +248,10 @@ class LoggingConfig:
     tags: list[str] = field(default_factory=list)
     # Log datasets and models as W&B artefacts.
     log_artifacts: bool = True
+    # Show every actor's and library's output on the console too (also RLAIF_VERBOSE=1). Off: the
+    # console shows rlaif's own progress, summaries, warnings and errors; the rest goes to files
+    # under <run_dir>/logs/ (driver.log, and one file per actor process).
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.wandb_mode not in ("offline", "online", "disabled"):

@@ -30,7 +30,8 @@ register_configs()
 
 
 def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
-    from rlaif.actors.cluster import ClusterSpec, connect, probe_address
+    from rlaif.actors.cluster import ClusterSpec, connect, probe_address, save_worker_logs
+    from rlaif.core.run_logs import release_driver_logs, route_driver_logs, verbose_requested
     from rlaif.engines.models import resolve_model
     from rlaif.stages.pipeline import StageContext, run_stages
     from rlaif.stages.preflight import check_inputs
@@ -46,13 +47,29 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
     if run_cfg.cluster.address:
         probe_address(run_cfg.cluster.address)
     check_inputs(run_cfg, run_dir, model_path)
+    # Quiet by default: rlaif's own lines on the console, the rest under <run_dir>/logs/ (rlaif.core.run_logs).
+    verbose = verbose_requested(run_cfg.logging.verbose)
+    log_dir = run_dir / "logs"
+    driver_log = None if verbose else route_driver_logs(log_dir)
     c = run_cfg.cluster
-    connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host))
-    sink = make_sink(run_cfg, run_dir, config_dict)
     try:
-        run_stages(StageContext(run_cfg, run_dir, model_path, sink), [(n, STAGES[n]) for n in run_cfg.stages])
+        connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host, verbose))
+        if driver_log is not None:
+            route_driver_logs(log_dir)  # again: ray.init configures Ray's own loggers
+        sink = make_sink(run_cfg, run_dir, config_dict)
+        try:
+            run_stages(StageContext(run_cfg, run_dir, model_path, sink), [(n, STAGES[n]) for n in run_cfg.stages])
+        finally:
+            sink.close()
     finally:
-        sink.close()
+        if driver_log is not None:
+            release_driver_logs(driver_log)
+            actor_files = save_worker_logs(log_dir)
+            print(
+                f"\nlogs: {log_dir.resolve()} (driver.log and {len(actor_files)} actor output files; "
+                "logging.verbose=true shows them on the console)",
+                file=sys.stderr,
+            )
     print(f"\nrun folder: {run_dir.resolve()}")
 
 

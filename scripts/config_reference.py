@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# The rlaif of this checkout, whatever is installed.
+sys.path.insert(0, str(ROOT))
 OUTPUT = ROOT / "docs" / "config.md"
 SCHEMA = ROOT / "rlaif" / "config.py"
 

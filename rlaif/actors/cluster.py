@@ -12,12 +12,14 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rlaif.core.run_logs import copy_worker_logs
 from rlaif.errors import ClusterUnreachableError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ class ClusterSpec:
     num_gpus: int | None
     include_dashboard: bool
     dashboard_host: str
+    # Forward every actor's stdout/stderr to the driver's console (off: `save_worker_logs` copies them).
+    log_to_driver: bool = True
 
 
 def connect(spec: ClusterSpec) -> None:
@@ -46,7 +50,7 @@ def connect(spec: ClusterSpec) -> None:
         # ray.init retries an address that does not answer for minutes: check it answers first.
         probe_address(spec.address)
         try:
-            ray.init(address=spec.address, log_to_driver=True)
+            ray.init(address=spec.address, log_to_driver=spec.log_to_driver)
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterUnreachableError(
@@ -59,6 +63,7 @@ def connect(spec: ClusterSpec) -> None:
         num_gpus=spec.num_gpus,
         include_dashboard=spec.include_dashboard,
         dashboard_host=spec.dashboard_host,
+        log_to_driver=spec.log_to_driver,
     )
     log.info("started a local Ray cluster: %s", ray.cluster_resources())
 
@@ -73,6 +78,22 @@ def start_local(**init_kwargs: Any) -> None:
     """
     os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     ray.init(**init_kwargs)
+
+
+def save_worker_logs(dest: Path) -> list[Path]:
+    """Copy this job's actor and task logs from Ray's session folder on this node into `dest`.
+
+    Files are named ``<actor class>-<pid>.out|.err`` (`rlaif.core.run_logs.copy_worker_logs`).
+    Returns the copies; nothing when Ray is not running here or keeps its logs elsewhere.
+    """
+    if not ray.is_initialized():
+        return []
+    try:
+        node = ray._private.worker._global_node  # Ray keeps no public handle on its session folder
+        logs = Path(node.get_logs_dir_path())
+    except Exception:  # a Ray client connection (ray://) has no local node
+        return []
+    return copy_worker_logs(logs, ray.get_runtime_context().get_job_id(), dest)
 
 
 def probe_address(address: str, timeout_s: float = 5.0) -> None:

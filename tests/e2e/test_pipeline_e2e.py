@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,6 +116,17 @@ def _check_rl_and_evaluate(run_dir: Path, stdout: str) -> None:
     assert (run_dir / "rl_cai" / "policy" / "model.safetensors").is_file()
 
 
+def _check_quiet_console(run_dir: Path, console: str) -> None:
+    """Actors' output is in <run_dir>/logs/, not on the console (logging.verbose=false, the default)."""
+    forwarded = [line for line in console.splitlines() if re.match(r"^(\x1b\[\d+m)?\(\w+ pid=\d+", line)]
+    assert forwarded == [], forwarded[:5]
+    logs = run_dir / "logs"
+    assert (logs / "driver.log").stat().st_size > 0
+    for actor in ("RolloutWorker", "ConstitutionalCritic", "SFTTrainer", "RewardTrainer", "PPOTrainer"):
+        assert list(logs.glob(f"{actor}-*.*")), f"no {actor} output in {logs}"
+    assert f"logs: {logs.resolve()}" in console
+
+
 @pytest.mark.slow
 # Measured 10-17 min on the shared 2-core machine: past pytest's default 900 s timeout.
 @pytest.mark.timeout(3600)
@@ -132,6 +144,7 @@ def test_pipeline_runs_every_stage_on_the_embedded_model_and_resumes(embedded_mo
     _check_sl_cai_and_sft(run_dir, done.stdout)
     _check_preferences_and_reward_model(run_dir)
     _check_rl_and_evaluate(run_dir, done.stdout)
+    _check_quiet_console(run_dir, done.stdout + done.stderr)
     print(f"\nwhole pipeline: {wall:.0f} s")
 
     again = _run(run_dir)
