@@ -41,6 +41,14 @@ def _is_console(handler: logging.Handler) -> bool:
     return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
+def _loggers(own_handlers_only: bool) -> list[logging.Logger]:
+    """The root logger and every named one; with `own_handlers_only`, only those that do not propagate."""
+    named = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    if own_handlers_only:
+        named = [lg for lg in named if lg.handlers and not lg.propagate]
+    return [logging.getLogger(), *named]
+
+
 def route_driver_logs(log_dir: Path) -> Path:
     """Write every driver record to ``log_dir/driver.log`` and filter the console handlers.
 
@@ -50,12 +58,7 @@ def route_driver_logs(log_dir: Path) -> Path:
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     path = (log_dir / DRIVER_LOG).resolve()
-    loggers = [logging.getLogger()] + [
-        logger
-        for logger in logging.Logger.manager.loggerDict.values()
-        if isinstance(logger, logging.Logger) and logger.handlers and not logger.propagate
-    ]
-    for logger in loggers:
+    for logger in _loggers(own_handlers_only=True):
         for handler in logger.handlers:
             if _is_console(handler) and not any(isinstance(f, ConsoleFilter) for f in handler.filters):
                 handler.addFilter(ConsoleFilter())
@@ -72,10 +75,7 @@ def route_driver_logs(log_dir: Path) -> Path:
 def release_driver_logs(path: Path) -> None:
     """Detach and close the ``driver.log`` handlers `route_driver_logs` added (a sweep's next job gets its own)."""
     path = path.resolve()
-    loggers = [logging.getLogger()] + [
-        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
-    ]
-    for logger in loggers:
+    for logger in _loggers(own_handlers_only=False):
         for handler in list(logger.handlers):
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
                 logger.removeHandler(handler)
