@@ -8,7 +8,7 @@
     make bench                             # setup, then python -m bench $(ARGS)
 
 Benchmarks (each in its own process; one that cannot run here records {"skipped": reason}):
-roofline, generation, judge, reward, ppo, sync. See each module's docstring for what it measures.
+roofline, generation, judge, reward, ppo, estimators, sync. See each module's docstring for what it measures.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import EMBEDDED, ROOT, Settings, log, machine_info
 
-BENCHMARKS = ("roofline", "generation", "judge", "reward", "ppo", "sync")
+BENCHMARKS = ("roofline", "generation", "judge", "reward", "ppo", "estimators", "sync")
 
 
 def main() -> int:

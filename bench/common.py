@@ -43,6 +43,11 @@ class Settings:
     ppo_warmup: int = 2
     ppo_batch: int = 8
     ppo_new_tokens: int = 48
+    # Advantage estimators (bench/estimators.py): iterations per run, warm-up, prompts x samples per iteration.
+    est_iterations: int = 4
+    est_warmup: int = 1
+    est_prompts: int = 4
+    est_samples: int = 2
 
     @classmethod
     def make(cls, device: str, model: str, quick: bool, repeats: int | None) -> Settings:
@@ -51,6 +56,7 @@ class Settings:
             s.repeats, s.batch_sizes, s.max_new_tokens = 1, [1, 8], 16
             s.judge_pairs, s.rm_batch, s.rm_steps, s.rm_max_len = 4, 2, 2, 128
             s.ppo_iterations, s.ppo_warmup, s.ppo_batch, s.ppo_new_tokens = 2, 0, 4, 8
+            s.est_iterations, s.est_warmup, s.est_prompts = 2, 0, 2
         if repeats:
             s.repeats = repeats
         return s

@@ -68,34 +68,38 @@ def build_reward_model(policy: Path, dest: Path) -> Path:
     return save_model_folder(model, tokenizer, dest)
 
 
-def run_rlaif(s: Settings, policy: Path, rm: Path, work: Path) -> dict[str, Any]:
+def run_rlaif(
+    s: Settings, policy: Path, rm: Path, work: Path, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One ``python -m rlaif.run stages=[rl_cai]`` process; `settings` replace or add overrides (key -> value)."""
     run_dir = work / "rlaif-run"
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "reward_model").mkdir(parents=True)
     os.symlink(rm, run_dir / "reward_model" / "model")
     cores = os.cpu_count() or 1
-    micro = min(4, s.ppo_batch)
-    overrides = [
-        "stages=[rl_cai]",
-        f"run_dir={run_dir}",
-        f"model.name={policy}",
-        f"ppo.policy={policy}",
-        f"ppo.iterations={s.ppo_iterations}",
-        f"ppo.prompts_per_iteration={s.ppo_batch}",
-        f"ppo.max_new_tokens={s.ppo_new_tokens}",
-        f"ppo.mini_batch_size={s.ppo_batch}",
-        f"ppo.micro_batch_size={micro}",
-        "ppo.ppo_epochs=1",
-        "ppo.checkpoint_every=0",
-        "engine.max_model_len=512",
-        "logging.wandb_mode=disabled",
-        "cluster.include_dashboard=false",
+    chosen: dict[str, Any] = {
+        "stages": "[rl_cai]",
+        "run_dir": run_dir,
+        "model.name": policy,
+        "ppo.policy": policy,
+        "ppo.iterations": s.ppo_iterations,
+        "ppo.prompts_per_iteration": s.ppo_batch,
+        "ppo.max_new_tokens": s.ppo_new_tokens,
+        "ppo.mini_batch_size": s.ppo_batch,
+        "ppo.micro_batch_size": min(4, s.ppo_batch),
+        "ppo.ppo_epochs": 1,
+        "ppo.checkpoint_every": 0,
+        "engine.max_model_len": 512,
+        "logging.wandb_mode": "disabled",
+        "cluster.include_dashboard": "false",
         # The roles take turns: Ray's logical CPUs may exceed the cores, and each role uses every core.
-        f"cluster.num_cpus={2 * cores}",
-        f"cluster.learner.cpus_per_worker={cores}",
-        f"cluster.rollout.threads_per_worker={cores}",
-        f"cluster.reward_scorer.threads_per_worker={cores}",
-    ]
+        "cluster.num_cpus": 2 * cores,
+        "cluster.learner.cpus_per_worker": cores,
+        "cluster.rollout.threads_per_worker": cores,
+        "cluster.reward_scorer.threads_per_worker": cores,
+        **(settings or {}),
+    }
+    overrides = [f"{k}={v}" for k, v in chosen.items()]
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "rlaif.run", *overrides],
@@ -118,6 +122,7 @@ def run_rlaif(s: Settings, policy: Path, rm: Path, work: Path) -> dict[str, Any]
     manifest = json.loads((run_dir / "rl_cai" / "MANIFEST.json").read_text())
     return {
         "iterations": iters,
+        "samples_per_iteration": rows[0]["samples"],
         "startup_s": manifest.get("summary", {}).get("startup_s"),
         "process_wall_s": wall,
         "response_tokens_mean": median([r["response_length"] for r in rows]),

@@ -62,6 +62,7 @@ def write_report(results_path: Path) -> None:
     md += _judge(b.get("judge", {}))
     md += _reward(b.get("reward", {}))
     md += _ppo(b.get("ppo", {}), out)
+    md += _estimators(b.get("estimators", {}))
     md += _sync(b.get("sync", {}), out)
     md += ["## Durations", ""]
     md += _table(
@@ -319,6 +320,29 @@ def _ppo(r: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
     except ImportError:
         pass
+    return md
+
+
+def _estimators(r: dict[str, Any]) -> list[str]:
+    md = ["## 4b. Advantage estimators: PPO with a critic against critic-free", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    md += [r.get("setup", ""), "", f"Load average before: {r.get('load_average_before')}.", ""]
+    est = r["estimators"]
+    names = list(est)
+    rows = [
+        ["iteration s (median of runs)", *[est[e]["iteration_s"] for e in names]],
+        [
+            "iteration s, min–max of runs",
+            *[f"{est[e]['iteration_s_min']:.1f}–{est[e]['iteration_s_max']:.1f}" for e in names],
+        ],
+        ["samples/s", *[est[e]["samples_per_s"] for e in names]],
+        *[[f"  {ph} s", *[est[e]["split_s"].get(ph) for e in names]] for ph in (*PPO_PHASES, "other")],
+        ["start-up s", *[est[e]["startup_s"] for e in names]],
+        ["whole process s", *[est[e]["process_wall_s"] for e in names]],
+        ["speed-up over gae", *[f"{r['speedup_over_gae'][e]:.2f}×" for e in names]],
+    ]
+    md += _table(["", *names], rows)
     return md
 
 

@@ -15,6 +15,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rlaif.engines.base import EngineSpec
 
+# ppo.advantage values (rlaif.core.advantages implements them; a unit test keeps the two in step).
+ADVANTAGE_ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_pp")
+# The estimators that compare the responses to one prompt, and so need several per prompt.
+GROUPED_ESTIMATORS = ("grpo", "rloo")
+# ppo.loss_agg values (rlaif.core.losses.aggregate_tokens).
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum")
+
 
 @dataclass
 class ModelConfig:
@@ -405,8 +412,27 @@ class PPOConfig:
     # Share drawn from the sensitive-but-benign prompts (sl_cai.sensitive's training split), so the
     # policy meets requests where the reward model wants a caring answer, not a refusal.
     sensitive_fraction: float = 0.0
-    # Responses sampled per prompt.
+    # Responses sampled per prompt (grpo and rloo compare a prompt's responses: >= 2).
     samples_per_prompt: int = 1
+    # Advantage estimator. gae: PPO with a value model (critic) and GAE; the critic-free ones train
+    # no value model at all: grpo (each response's score against its prompt's group mean, over the
+    # group's std when grpo_std_norm), rloo (against the mean of the prompt's other responses),
+    # reinforce_pp (REINFORCE++: returns-to-go whitened over the batch, one response per prompt
+    # suffices). See docs/design.md §8.
+    advantage: str = "gae"
+    # GRPO only: divide each group's centred scores by the group's standard deviation (the GRPO
+    # paper); false keeps them centred only (Dr. GRPO), so near-unanimous groups are not inflated.
+    grpo_std_norm: bool = True
+    # Where the KL to the reference acts. reward: -kl_coef x KL per token, part of the reward (as
+    # InstructGPT); loss: kl_coef x KL per token added to the policy loss (as GRPO), the reward
+    # being the score alone. kl_estimator picks k1, k2 or k3 for both (as a loss, k1's expected
+    # gradient is 0: use k2 or k3 there).
+    kl_in: str = "reward"
+    # How token losses become one loss (length normalisation). token_mean: mean over every real
+    # token of the micro-batch (long responses weigh more); seq_mean: each response's token mean,
+    # then the mean over responses (the GRPO paper; each response weighs the same); seq_sum: each
+    # response's token sum over max_new_tokens, then the mean (Dr. GRPO; no length bias).
+    loss_agg: str = "token_mean"
     # Longest response, in tokens.
     max_new_tokens: int = 48
     # Added to the score of a response that ran out of tokens without an end of sequence (<= 0;
@@ -468,7 +494,8 @@ class PPOConfig:
     kl_target: float = 6.0
     # Adaptive only: samples over which β moves (the controller's time scale).
     kl_horizon: int = 10000
-    # Normalise advantages over each iteration's batch to mean 0, variance 1.
+    # Normalise advantages over each iteration's batch to mean 0, variance 1 (gae and reinforce_pp;
+    # grpo and rloo are centred per prompt group instead).
     whiten_advantages: bool = True
     # Weight-sync bucket size, in MB: one broadcast per bucket.
     sync_bucket_mb: int = 64
@@ -528,7 +555,20 @@ class PPOConfig:
                 "ppo.tis_cap > 0 weighs the learner's old log-probs against the engine's, but ppo.old_logprobs=engine "
                 "makes them the same; set ppo.old_logprobs to learner or auto, or ppo.tis_cap=0"
             )
+        if self.advantage in GROUPED_ESTIMATORS and self.samples_per_prompt < 2:
+            raise ValueError(
+                f"ppo.advantage={self.advantage} compares the responses to one prompt and needs "
+                f"ppo.samples_per_prompt >= 2, got {self.samples_per_prompt}"
+            )
+        if self.advantage != "gae" and self.value_forward == "once":
+            raise ValueError(
+                f"ppo.value_forward=once reuses the critic's passes, but ppo.advantage={self.advantage} has no critic; "
+                "use auto"
+            )
         checks = {
+            "advantage": (self.advantage, ADVANTAGE_ESTIMATORS),
+            "kl_in": (self.kl_in, ("reward", "loss")),
+            "loss_agg": (self.loss_agg, LOSS_AGGREGATIONS),
             "kl_estimator": (self.kl_estimator, ("k1", "k2", "k3")),
             "old_logprobs": (self.old_logprobs, ("auto", "learner", "engine")),
             "value_forward": (self.value_forward, ("auto", "once", "twice")),

@@ -150,11 +150,9 @@ def _trainer_memory(run: RunConfig, role: str, ranks: int) -> float:
         return trained_model_gib(reward, ranks, z, act)
     if role == "learner":
         # Actor and value model (from the reward model) trained; the reference is a whole frozen copy per rank.
-        return (
-            trained_model_gib(policy, ranks, z, act)
-            + trained_model_gib(reward, ranks, z)
-            + frozen_model_gib(policy, 1, 0)
-        )
+        # A critic-free estimator (ppo.advantage grpo, rloo, reinforce_pp) has no value model.
+        critic = trained_model_gib(reward, ranks, z) if run.ppo.advantage == "gae" else 0.0
+        return trained_model_gib(policy, ranks, z, act) + critic + frozen_model_gib(policy, 1, 0)
     if role == "reward_scorer":
         return frozen_model_gib(reward, 1, 0) + act
     raise ValueError(f"unknown role {role!r}")
@@ -217,6 +215,8 @@ def render(run: RunConfig, plan: RunPlan) -> str:
             d = demands[a.role]
             per_gpu = a.memory_gib / max(len(a.gpus), 1)
             note = f"colocated with {d.colocate_with} (sleeps while it trains)" if d.colocate_with else ""
+            if a.role == "learner":
+                note = ", ".join(filter(None, (_learner_models(run), note)))
             memory = f"{per_gpu:6.1f} GiB/{'GPU' if a.gpus else 'host'}"
             lines.append(f"  {a.role:15s} {a.rank:4d}  {_where(a):24s} {memory:16s} {note}".rstrip())
     if plan.sync is not None:
@@ -235,6 +235,12 @@ def render(run: RunConfig, plan: RunPlan) -> str:
         for t in sy.targets:
             lines.append(f"  -> rollout {t.rank:3d} at {_where(t)}")
     return "\n".join(lines)
+
+
+def _learner_models(run: RunConfig) -> str:
+    if run.ppo.advantage == "gae":
+        return "actor + critic + reference"
+    return f"actor + reference (ppo.advantage={run.ppo.advantage}: no critic)"
 
 
 def _colocated(s: StagePlan, role: str) -> bool:

@@ -6,8 +6,19 @@ spread over tokens: ``-β·KL_t`` at every response token plus the score at
 the last one (Ziegler et al. 2019, "Fine-Tuning Language Models from Human
 Preferences", arXiv 1909.08593, §2.2; Ouyang et al. 2022, InstructGPT, eq. 2).
 Advantages come from Generalized Advantage Estimation (Schulman et al. 2016,
-arXiv 1506.02438, eq. 16). β is fixed or adapted towards a target KL
-(Ziegler et al. 2019 §2.2).
+arXiv 1506.02438, eq. 16) with a value model, or from one of the critic-free
+estimators, which replace the value model by a baseline built from the batch:
+
+- GRPO (Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, §4.1): a response's
+  score minus the mean score of its prompt's group, over the group's std
+  (optional: Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv
+  2503.20783, drop it);
+- RLOO (Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740): the score
+  minus the mean of the same prompt's other responses;
+- REINFORCE++ (Hu 2025, arXiv 2501.03262): the KL-shaped returns-to-go,
+  whitened over the whole batch.
+
+β is fixed or adapted towards a target KL (Ziegler et al. 2019 §2.2).
 """
 
 from collections.abc import Callable
@@ -187,6 +198,72 @@ def gae(
         advantages[:, t] = torch.where(valid, advantage_t, torch.zeros_like(advantage_t))
     returns = torch.where(bool_mask, advantages + values, torch.zeros_like(values))
     return GAEResult(advantages=advantages, returns=returns)
+
+
+# Advantage estimators (`ppo.advantage`); all but gae train no value model.
+ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_pp")
+# Those whose baseline is the other responses to the same prompt.
+GROUPED = ("grpo", "rloo")
+# Added to a group's std before dividing by it: a group whose responses all scored the same has
+# centred scores of exactly 0, which stay 0 instead of becoming 0 / 0.
+GROUP_STD_EPS = 1e-6
+
+
+def uses_critic(estimator: str) -> bool:
+    """Whether `estimator` needs a value model (only gae does)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {ESTIMATORS}")
+    return estimator == "gae"
+
+
+def group_baseline(scores: torch.Tensor, group_size: int, estimator: str, std_norm: bool = True) -> torch.Tensor:
+    """Scores with their prompt group's baseline taken off (GRPO or RLOO).
+
+    Responses to one prompt are consecutive: rows ``[g·k, (g+1)·k)`` are group ``g``
+    for ``k = group_size``.
+
+    - ``"grpo"``: ``(r_i - mean_g) / (std_g + eps)``, or ``r_i - mean_g`` without
+      ``std_norm``. The std is the unbiased one (Bessel), as TRL and veRL compute it.
+    - ``"rloo"``: ``r_i - (Σ_{j≠i} r_j) / (k - 1)``, the leave-one-out mean: the baseline
+      of each response does not depend on it, so the estimate stays unbiased. It equals
+      ``k / (k - 1) · (r_i - mean_g)``.
+
+    A group whose responses all scored the same gets 0 everywhere: nothing in it tells one
+    response from another.
+
+    Args:
+        scores: (batch,) one score per response, batch a multiple of `group_size`.
+        group_size: responses per prompt, >= 2.
+        estimator: "grpo" or "rloo".
+        std_norm: GRPO only: divide by the group's std.
+
+    Returns:
+        (batch,) float tensor.
+    """
+    if estimator not in GROUPED:
+        raise ValueError(f"group_baseline is for {GROUPED}, got {estimator!r}")
+    n = scores.shape[0]
+    if group_size < 2 or n % group_size:
+        raise ValueError(
+            f"need groups of >= 2 responses that divide the batch; got {n} responses, groups of {group_size}"
+        )
+    groups = scores.double().reshape(n // group_size, group_size)
+    mean = groups.mean(dim=1, keepdim=True)
+    if estimator == "rloo":
+        centred = (groups - mean) * group_size / (group_size - 1)
+    else:
+        centred = groups - mean
+        if std_norm:
+            centred = centred / (groups.std(dim=1, keepdim=True) + GROUP_STD_EPS)
+    return centred.reshape(n).to(scores.dtype if scores.is_floating_point() else torch.float32)
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = Σ_{s≥t} γ^{s-t} r_s`` over each response's real tokens; 0 on padding.
+
+    The advantage of the critic-free estimators: GAE with no values and λ = 1.
+    """
+    return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0).advantages
 
 
 class KLController(Protocol):

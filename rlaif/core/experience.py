@@ -8,8 +8,8 @@ sampled responses into training data in three typed steps:
    right-padded: every response starts at the same column).
 2. The learner returns `PolicyOutputs` for it: the policy's and the reference's
    log-probs of the sampled tokens and the critic's values, each (batch, response_len).
-3. `make_experience`: scores + outputs -> per-token KL-penalised rewards, GAE
-   advantages and returns, optionally whitened advantages -> an `ExperienceBatch`.
+3. `make_experience`: scores + outputs -> per-token KL-penalised rewards, advantages
+   (GAE, or a critic-free estimator) and returns, optionally whitened -> an `ExperienceBatch`.
 
 Every type here is a NamedTuple of tensors with batch first, so `index_batch` /
 `split_batch` slice any of them along the batch for mini-batches and rank shards.
@@ -22,7 +22,7 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
-from rlaif.core.advantages import KLKind, gae, token_rewards
+from rlaif.core.advantages import ESTIMATORS, GROUPED, KLKind, gae, group_baseline, returns_to_go, token_rewards
 from rlaif.core.tensor_ops import masked_mean, masked_whiten
 
 
@@ -63,10 +63,11 @@ class ExperienceBatch(NamedTuple):
         prompt_ids, prompt_mask, response_ids, response_mask: as in `RolloutBatch`.
         old_logprobs: (batch, response_len) policy log-probs at rollout time.
         ref_logprobs: (batch, response_len) reference log-probs.
-        values: (batch, response_len) critic values at rollout time.
+        values: (batch, response_len) critic values at rollout time (0 without a critic).
         scores: (batch,) reward-model (or rule) scores of the responses.
-        rewards: (batch, response_len) per-token rewards: -β·KL, plus the score on the last token.
-        advantages: (batch, response_len) GAE advantages (whitened if asked), 0 on padding.
+        rewards: (batch, response_len) per-token rewards: -β·KL (when the KL is in the reward),
+            plus the score on the last token (less its group's baseline under grpo / rloo).
+        advantages: (batch, response_len) advantages (GAE or critic-free, whitened if asked), 0 on padding.
         returns: (batch, response_len) value targets, 0 on padding.
         policy_version: (batch,) long, the policy version that sampled each response.
         behaviour_logprobs: (batch, response_len) the rollout engine's sampling log-probs of
@@ -222,14 +223,29 @@ def make_experience(
     lam: float,
     whiten_advantages: bool,
     behaviour_logprobs: torch.Tensor | None = None,
+    estimator: str = "gae",
+    group_size: int = 1,
+    grpo_std_norm: bool = True,
+    kl_in_reward: bool = True,
 ) -> tuple[ExperienceBatch, torch.Tensor]:
-    """Rewards, advantages and returns for one batch of samples (InstructGPT eq. 2 + GAE).
+    """Rewards, advantages and returns for one batch of samples (InstructGPT eq. 2 + GAE, or critic-free).
 
     The score lands on each response's last token and every token pays
-    ``kl_coef`` times its KL estimate to the reference (`token_rewards`); GAE then
-    runs backwards over the response tokens (`gae`). Whitening normalises the
-    advantages over the whole batch's real tokens, so it must see the global
-    batch, not a rank's shard.
+    ``kl_coef`` times its KL estimate to the reference (`token_rewards`); then, by
+    `estimator` (`rlaif.core.advantages`):
+
+    - ``gae``: GAE runs backwards over the response tokens with the critic's values;
+    - ``reinforce_pp``: the returns-to-go of those rewards (REINFORCE++);
+    - ``grpo`` / ``rloo``: the scores first lose their prompt group's baseline
+      (`group_baseline`; the responses to one prompt are `group_size` consecutive rows),
+      then the same returns-to-go: with the KL in the loss (``kl_in_reward`` false) and
+      γ = 1, every token of a response gets its baselined score.
+
+    Whitening (gae and reinforce_pp only: the group baselines centre the others already)
+    normalises the advantages over the whole batch's real tokens, so it, and the groups,
+    must see the global batch, not a rank's shard. Critic-free, ``returns`` are the
+    advantages (no value model regresses on them) and ``values`` are whatever `outputs`
+    holds (zeros from a learner without a critic).
 
     Args:
         rollout: the padded samples.
@@ -241,9 +257,15 @@ def make_experience(
         kl_estimator: "k1", "k2" or "k3" (see `rlaif.core.advantages.kl_penalty`).
         gamma: discount.
         lam: GAE λ.
-        whiten_advantages: normalise advantages to mean 0, variance 1 over real tokens.
+        whiten_advantages: normalise advantages to mean 0, variance 1 over real tokens
+            (gae and reinforce_pp).
         behaviour_logprobs: (batch, response_len) the engine's sampling log-probs (wider
             is cut); None: the policy's log-probs in `outputs` are themselves the engine's.
+        estimator: "gae", "grpo", "rloo" or "reinforce_pp".
+        group_size: responses per prompt (grpo and rloo).
+        grpo_std_norm: grpo only: divide by the group's std.
+        kl_in_reward: put ``-kl_coef·KL`` in the per-token rewards; false when the KL is
+            a loss term instead (the per-sequence KL is returned either way, for logs).
 
     Returns:
         The `ExperienceBatch` and the (batch,) per-sequence KL (unscaled by β),
@@ -252,16 +274,27 @@ def make_experience(
     width = rollout.response_ids.shape[1]
     logprobs, ref_logprobs, values = (t[:, :width] for t in outputs)
     mask = rollout.response_mask.bool()
-    shaped = token_rewards(scores.to(logprobs.dtype), logprobs, ref_logprobs, mask, kl_coef, kl_estimator)
-    advantages, returns = gae(shaped.rewards, values, mask, gamma, lam)
-    if whiten_advantages:
+    scores = scores.to(logprobs.dtype)
+    shaped_scores = scores
+    if estimator in GROUPED:
+        shaped_scores = group_baseline(scores, group_size, estimator, grpo_std_norm)
+    elif estimator not in ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {ESTIMATORS}")
+    reward_kl_coef = kl_coef if kl_in_reward else 0.0
+    shaped = token_rewards(shaped_scores, logprobs, ref_logprobs, mask, reward_kl_coef, kl_estimator)
+    if estimator == "gae":
+        advantages, returns = gae(shaped.rewards, values, mask, gamma, lam)
+    else:
+        advantages = returns_to_go(shaped.rewards, mask, gamma)
+        returns = advantages
+    if whiten_advantages and estimator not in GROUPED:
         advantages = masked_whiten(advantages, mask)
     batch = ExperienceBatch(
         *rollout,
         old_logprobs=logprobs,
         ref_logprobs=ref_logprobs,
         values=values,
-        scores=scores.to(logprobs.dtype),
+        scores=scores,
         rewards=shaped.rewards,
         advantages=advantages,
         returns=returns,

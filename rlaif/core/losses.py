@@ -4,6 +4,9 @@
   (Bai et al. 2022, "Constitutional AI", arXiv 2212.08073, §4.1).
 - ``ppo_policy_loss``: the clipped surrogate objective (Schulman et al. 2017,
   "Proximal Policy Optimization Algorithms", arXiv 1707.06347, eq. 7).
+- ``aggregate_tokens``: per-token losses to one loss (token mean, sequence mean,
+  or Dr. GRPO's constant-normalised sequence sum).
+- ``kl_loss``: the KL to the reference as a loss term (GRPO, Shao et al. 2024 eq. 3).
 - ``value_loss``: the clipped value loss of OpenAI baselines' PPO2, as used
   for language models by Ziegler et al. 2019 (arXiv 1909.08593).
 - ``entropy_from_logits``: the policy's mean token entropy, for monitoring
@@ -22,7 +25,68 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from rlaif.core.tensor_ops import masked_mean
+from rlaif.core.advantages import KLKind, kl_penalty
+from rlaif.core.tensor_ops import masked_mean, masked_sum
+
+# How per-token losses become one (`ppo.loss_agg`).
+AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum")
+
+
+def aggregate_tokens(
+    per_token: torch.Tensor, mask: torch.Tensor, agg: str = "token_mean", max_len: int = 0
+) -> torch.Tensor:
+    """One loss from per-token losses of a (micro-)batch; padding never counts.
+
+    - ``"token_mean"``: the mean over every real token: a long response's tokens
+      weigh as much as a short one's, so long responses weigh more in all (DAPO, Yu
+      et al. 2025, arXiv 2503.14476, §3.3).
+    - ``"seq_mean"``: each response's token mean, then the mean over responses: each
+      response weighs the same, so a long one's tokens each weigh less (the GRPO paper,
+      Shao et al. 2024, eq. 3).
+    - ``"seq_sum"``: each response's token sum divided by the constant ``max_len``,
+      then the mean over responses: no weight depends on a length (Dr. GRPO, Liu et al.
+      2025, arXiv 2503.20783, §3.1).
+
+    Args:
+        per_token: (batch, response_len).
+        mask: (batch, response_len) True / 1 on real response tokens.
+        agg: one of `AGGREGATIONS`.
+        max_len: seq_sum's divisor (the longest possible response), > 0.
+
+    Returns:
+        A 0-dim tensor.
+    """
+    if agg == "token_mean":
+        return masked_mean(per_token, mask)
+    if agg == "seq_mean":
+        return masked_mean(per_token, mask, dim=-1).mean()
+    if agg == "seq_sum":
+        if max_len < 1:
+            raise ValueError(f"loss_agg seq_sum needs max_len >= 1, got {max_len}")
+        return (masked_sum(per_token, mask, dim=-1) / max_len).mean()
+    raise ValueError(f"unknown loss aggregation {agg!r}; choose one of {AGGREGATIONS}")
+
+
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kind: KLKind = "k3",
+    agg: str = "token_mean",
+    max_len: int = 0,
+) -> torch.Tensor:
+    """The policy's KL to the reference on its sampled tokens, as a loss term (GRPO's ``β·D_KL``).
+
+    Per token, the estimator `kind` of `rlaif.core.advantages.kl_penalty` with the
+    gradient flowing through `logprobs`, aggregated as the policy loss is. Differentiated
+    on samples of the policy (Tang & Munos 2025, "On a few pitfalls in KL divergence
+    gradient estimation for RL", arXiv 2506.09477): k2's gradient is, in expectation, the
+    reverse KL(π‖π_ref)'s, per token; k3's (GRPO's choice) is the forward KL(π_ref‖π)'s;
+    k1's is 0, so as a loss k1 only adds noise. Per-token losses give a partial gradient
+    of the sequence-level KL (the paper's second point); the reward placement
+    (``ppo.kl_in=reward``) has neither issue.
+    """
+    return aggregate_tokens(kl_penalty(logprobs, ref_logprobs.detach(), kind), mask, agg, max_len)
 
 
 class PPOLossStats(NamedTuple):
@@ -105,6 +169,8 @@ def ppo_policy_loss(
     mask: torch.Tensor,
     clip_eps: float,
     is_weights: torch.Tensor | None = None,
+    agg: str = "token_mean",
+    max_len: int = 0,
 ) -> tuple[torch.Tensor, PPOLossStats]:
     """Clipped surrogate policy loss (Schulman et al. 2017, eq. 7), negated to minimise.
 
@@ -127,9 +193,10 @@ def ppo_policy_loss(
         mask: (batch, response_len) True / 1 on real response tokens.
         clip_eps: clip range ε, e.g. 0.2.
         is_weights: (batch, response_len) per-token weights, or None for 1.
+        agg, max_len: how token losses make the loss (`aggregate_tokens`).
 
     Returns:
-        The masked-mean loss (0-dim) and its ``PPOLossStats``.
+        The aggregated loss (0-dim) and its ``PPOLossStats`` (token means).
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -138,7 +205,7 @@ def ppo_policy_loss(
     per_token = torch.maximum(unclipped, clipped)
     if is_weights is not None:
         per_token = per_token * is_weights.detach()
-    loss = masked_mean(per_token, mask)
+    loss = aggregate_tokens(per_token, mask, agg, max_len)
     with torch.no_grad():
         stats = PPOLossStats(
             clip_fraction=masked_mean((clipped > unclipped).to(ratio.dtype), mask),

@@ -34,6 +34,7 @@ from rlaif.actors.reward_scorer import RewardScorer
 from rlaif.actors.rollout import RolloutWorker
 from rlaif.actors.trainer_group import TrainerGroup, malloc_env
 from rlaif.config import PPOConfig, RoleResources, RunConfig, engine_spec
+from rlaif.core.advantages import uses_critic
 from rlaif.core.experience import ExperienceBatch, PolicyOutputs, RolloutBatch, concat_outputs, split_batch
 from rlaif.core.io import read_manifest
 from rlaif.core.rewards import RewardSample, RuleReward, build_rule_reward
@@ -148,6 +149,8 @@ def reuses_value_forward(run: RunConfig) -> bool:
         ValueError: `once` where the update is not one optimizer step of one epoch, or under ZeRO-3.
     """
     cfg = run.ppo
+    if not uses_critic(cfg.advantage):
+        return False  # no critic, no critic passes (PPOConfig rejects value_forward=once here)
     samples = cfg.prompts_per_iteration * cfg.samples_per_prompt
     fits = cfg.ppo_epochs == 1 and cfg.mini_batch_size == samples and run.deepspeed.zero_stage < 3
     if cfg.value_forward == "once" and not fits:
@@ -208,13 +211,15 @@ def learner_args(run: RunConfig, paths: ModelPaths, world_size: int) -> dict[str
             warmup_steps=0,
         )
 
+    critic = uses_critic(cfg.advantage)
     return {
         "policy_path": str(paths.policy),
         "reference_path": str(paths.policy),
         # InstructGPT / OpenRLHF start the value model from the reward model; a rule reward has none.
-        "critic_path": str(paths.reward_model or paths.policy),
+        # A critic-free estimator has no value model at all.
+        "critic_path": str(paths.reward_model or paths.policy) if critic else None,
         "actor_ds_config": ds_config(cfg.actor_lr),
-        "critic_ds_config": ds_config(cfg.critic_lr),
+        "critic_ds_config": ds_config(cfg.critic_lr) if critic else None,
         "temperature": cfg.temperature,
         "gradient_checkpointing": ds.gradient_checkpointing,
         "seed": run.seed,
@@ -235,8 +240,9 @@ class PPORoles:
         learner_spec, rollout_spec, scorer_spec = role_specs(run)
         backend = sync_backend(run)
         log.info(
-            "rl_cai: starting %d learner rank(s) and %d rollout engine(s) (%s, weight sync over %s)",
+            "rl_cai: starting %d learner rank(s) (%s) and %d rollout engine(s) (%s, weight sync over %s)",
             learner_spec.num_workers,
+            "actor, critic, reference" if uses_critic(run.ppo.advantage) else "actor, reference; no critic",
             rollout_spec.num_workers,
             run.ppo.placement,
             backend,
@@ -283,8 +289,11 @@ class PPORoles:
         args = [(shard, lp, self.keep_value_graph) for shard, lp in zip(shards, given, strict=True)]
         return concat_outputs(self.learner.run("logprobs_and_values", args))
 
-    def train(self, experience: ExperienceBatch, cfg: PPOConfig) -> PPOTrainStats:
-        """PPO epochs on every rank's shard of the experience; the stats are global (rank 0's copy)."""
+    def train(self, experience: ExperienceBatch, cfg: PPOConfig, kl_coef: float) -> PPOTrainStats:
+        """PPO epochs on every rank's shard of the experience; the stats are global (rank 0's copy).
+
+        `kl_coef`: β now; a loss term's coefficient under ``ppo.kl_in=loss`` (in the reward otherwise).
+        """
         world = self.learner.world_size
         args = (
             cfg.ppo_epochs,
@@ -294,6 +303,10 @@ class PPORoles:
             cfg.vf_coef,
             cfg.entropy_coef,
             cfg.tis_cap,
+            kl_coef if cfg.kl_in == "loss" else 0.0,
+            cfg.kl_estimator,
+            cfg.loss_agg,
+            cfg.max_new_tokens,
         )
         stats: PPOTrainStats = self.learner.run("train", [(shard, *args) for shard in split_batch(experience, world)])[
             0

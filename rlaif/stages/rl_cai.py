@@ -9,7 +9,9 @@ Every iteration is one pass of the algorithm (`ppo_iteration`):
    that ran out of tokens is scored as unfinished and pays ``ppo.missing_eos_penalty``;
 4. the learner group computes reference log-probs, values and the policy's log-probs (or takes
    the engines' sampling log-probs for those, `ppo.old_logprobs`: float32 runs by default);
-5. per-token KL-penalised rewards, GAE and advantage whitening (`rlaif.core.experience`);
+5. per-token KL-penalised rewards (or the KL as a loss term, ``ppo.kl_in``) and advantages:
+   GAE with the critic's values, or a critic-free estimator (``ppo.advantage``: GRPO, RLOO,
+   REINFORCE++), whitened where the estimator asks (`rlaif.core.experience`);
 6. PPO epochs on the learner group, several optimizer steps per batch (``ppo.mini_batch_size``),
    each token's loss optionally weighted by truncated importance sampling (``ppo.tis_cap``);
 7. weight sync, learner rank 0 -> every rollout engine;
@@ -179,9 +181,13 @@ def ppo_iteration(
             cfg.lam,
             cfg.whiten_advantages,
             behaviour_logprobs=behaviour,
+            estimator=cfg.advantage,
+            group_size=cfg.samples_per_prompt,
+            grpo_std_norm=cfg.grpo_std_norm,
+            kl_in_reward=cfg.kl_in == "reward",
         )
     with timer("training"):
-        train = roles.train(experience, cfg)
+        train = roles.train(experience, cfg, kl.value)
     stats, kl_coef = experience_stats(experience, seq_kl), kl.value
     kl.update(stats.kl_mean, len(samples))
     roles.engines_wake()

@@ -6,14 +6,17 @@
 - the policy (actor): a causal LM in its own DeepSpeed engine;
 - the value model (critic): a causal-LM backbone with a scalar head read at every
   position (`ValueModel`), in a second DeepSpeed engine, started from the reward
-  model's folder as in InstructGPT / OpenRLHF (or from a causal LM with a fresh head, `RewardModel.init_head`);
+  model's folder as in InstructGPT / OpenRLHF (or from a causal LM with a fresh head,
+  `RewardModel.init_head`); none at all under a critic-free estimator (``ppo.advantage``
+  grpo, rloo, reinforce_pp: ``critic_path=None``), which then costs no memory or time;
 - the reference: the frozen starting (SFT) policy, a plain module with no optimizer.
 
 The driver calls `logprobs_and_values` on rank shards of a `RolloutBatch`, builds the
 advantages itself over the global batch (`rlaif.core.experience.make_experience`),
 then `train` on rank shards of the `ExperienceBatch`: clipped surrogate
 (`ppo_policy_loss`, optionally with truncated importance weights, `ppo.tis_cap`),
-clipped value loss, an optional entropy bonus, for `ppo_epochs` passes in shuffled
+clipped value loss, an optional KL-to-reference loss term (`ppo.kl_in=loss`), an optional
+entropy bonus, for `ppo_epochs` passes in shuffled
 mini-batches, several optimizer steps per batch. Log-probs are of the logits divided
 by the sampling temperature: the distribution the rollout engines sampled from.
 
@@ -43,6 +46,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from rlaif.core.advantages import KLKind
 from rlaif.core.buckets import TensorMeta, plan_buckets
 from rlaif.core.experience import (
     ExperienceBatch,
@@ -55,6 +59,7 @@ from rlaif.core.experience import (
 from rlaif.core.losses import (
     LogprobMismatch,
     entropy_from_logits,
+    kl_loss,
     logprob_mismatch,
     ppo_policy_loss,
     truncated_is_weights,
@@ -72,9 +77,12 @@ class PPOTrainStats(NamedTuple):
     `tis_weight_mean` / `tis_clip_fraction`: the truncated importance weights over real tokens
     (1 and 0 with `tis_cap` 0). `mismatch`: sums over every rank of the actor-vs-engine log-prob
     gap on the micro-batches before the first optimizer step (`behaviour_logprobs`).
+    `kl_loss`: the KL-to-reference loss term before its coefficient (0 when the KL is in the
+    reward). Without a critic, `value_loss` and `critic_grad_norm` are 0.
     """
 
     policy_loss: float
+    kl_loss: float
     value_loss: float
     entropy: float
     approx_kl: float
@@ -117,9 +125,9 @@ class PPOTrainer:
         self,
         policy_path: str,
         reference_path: str,
-        critic_path: str,
+        critic_path: str | None,
         actor_ds_config: dict[str, Any],
-        critic_ds_config: dict[str, Any],
+        critic_ds_config: dict[str, Any] | None,
         temperature: float,
         rank: int,
         world_size: int,
@@ -141,12 +149,17 @@ class PPOTrainer:
         pad_id = D.pad_token_id(self.tokenizer)
         dtype = torch.bfloat16 if actor_ds_config.get("bf16", {}).get("enabled") else torch.float32
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype, trust_remote_code=trust_remote_code)
-        critic = ValueModel(RewardModel.from_pretrained(critic_path, pad_id, dtype, trust_remote_code).model)
+        # None under a critic-free estimator: no value model is loaded, trained or checkpointed.
+        critic = None
+        if critic_path is not None:
+            if critic_ds_config is None:
+                raise ValueError("a critic_path needs a critic_ds_config")
+            critic = ValueModel(RewardModel.from_pretrained(critic_path, pad_id, dtype, trust_remote_code).model)
         if gradient_checkpointing:
-            for m in (policy, critic.model):
+            for m in (policy, *([] if critic is None else [critic.model])):
                 m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.actor = D.create_engine(policy, actor_ds_config)
-        self.critic = D.create_engine(critic, critic_ds_config)
+        self.critic = None if critic is None else D.create_engine(critic, critic_ds_config)
         self.reference = AutoModelForCausalLM.from_pretrained(
             reference_path, dtype=dtype, trust_remote_code=trust_remote_code
         ).to(self.actor.device)
@@ -177,7 +190,8 @@ class PPOTrainer:
         gradient accumulation rows) and ZeRO below stage 3 (whose parameters are released
         between passes); `train` must then be one epoch over this very shard.
 
-        Returns (batch, response_len) tensors on CPU, 0 on padding.
+        Returns (batch, response_len) tensors on CPU, 0 on padding (values: 0 everywhere
+        without a critic).
         """
         n = batch.prompt_ids.shape[0]
         if policy_logprobs is not None and policy_logprobs.shape != batch.response_ids.shape:
@@ -185,7 +199,10 @@ class PPOTrainer:
                 f"policy_logprobs has shape {tuple(policy_logprobs.shape)}, the responses "
                 f"{tuple(batch.response_ids.shape)}"
             )
+        if keep_value_graph and self.critic is None:
+            raise ValueError(f"rank {self.rank}: keep_value_graph needs a critic, and this learner has none")
         if keep_value_graph:
+            assert self.critic is not None
             step_rows = self.micro_batch_size * int(self.critic.gradient_accumulation_steps())
             if n != step_rows or self.zero_stage == 3:
                 raise ValueError(
@@ -193,8 +210,7 @@ class PPOTrainer:
                     f"exactly one optimizer step ({step_rows} rows, got {n}) and ZeRO stage < 3 (got {self.zero_stage})"
                 )
         self._held = None  # graphs of an update that never came
-        self.actor.eval()
-        self.critic.eval()
+        self._set_mode(train=False)
         out = [torch.zeros(batch.response_ids.shape) for _ in PolicyOutputs._fields]
         held: list[tuple[torch.Tensor, torch.Tensor]] = []
         # Rows of similar length share a pass, which then carries less padding (`trim_padding`).
@@ -212,16 +228,18 @@ class PPOTrainer:
                 else:
                     logprobs = policy_logprobs[index, :width].to(self.actor.device)
                 ref_logprobs, _ = self._logprobs(self.reference, rows)
-            with torch.enable_grad() if keep_value_graph else torch.no_grad():
-                values = self._values(rows)
+            if self.critic is None:
+                values = torch.zeros_like(ref_logprobs)
+            else:
+                with torch.enable_grad() if keep_value_graph else torch.no_grad():
+                    values = self._values(rows)
             if keep_value_graph:
                 held.append((index, values))
                 values = values.detach()
             if chunk:
                 for whole, t in zip(out, (logprobs, ref_logprobs, values), strict=True):
                     whole[index, :width] = torch.where(mask.bool(), t, 0.0).cpu()
-        self.actor.train()
-        self.critic.train()
+        self._set_mode(train=True)
         if keep_value_graph:
             self._held = _HeldValues(batch.prompt_ids, batch.response_ids, held)
         return PolicyOutputs(*out)
@@ -238,6 +256,10 @@ class PPOTrainer:
         vf_coef: float,
         entropy_coef: float,
         tis_cap: float = 0.0,
+        kl_coef: float = 0.0,
+        kl_estimator: KLKind = "k3",
+        loss_agg: str = "token_mean",
+        max_len: int = 0,
     ) -> PPOTrainStats:
         """`ppo_epochs` passes over this rank's shard in shuffled mini-batches; all ranks call together.
 
@@ -246,6 +268,10 @@ class PPOTrainer:
         weights each token's policy loss by min(exp(old - behaviour log-prob), tis_cap). After
         `logprobs_and_values(keep_value_graph=True)` the critic's step backpropagates
         through those passes (in their micro-batches) and the actor's alone runs here.
+        `kl_coef` > 0 adds `kl_coef` x the `kl_estimator` KL to the reference to the policy
+        loss (`ppo.kl_in=loss`; 0 when the KL is in the reward). `loss_agg` and `max_len`:
+        how token losses make one loss (`rlaif.core.losses.aggregate_tokens`). Without a
+        critic only the actor trains.
         """
         n = experience.prompt_ids.shape[0]
         accum = int(self.actor.gradient_accumulation_steps())
@@ -259,6 +285,7 @@ class PPOTrainer:
             held.check(experience, ppo_epochs, mini_batch_size, self.rank)
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        loss = _PolicyLoss(clip_eps, entropy_coef, tis_cap, kl_coef, kl_estimator, loss_agg, max_len)
         sums = _Sums()
         if held is not None:
             # First: each backward frees its kept activations before the actor's passes allocate theirs.
@@ -270,15 +297,13 @@ class PPOTrainer:
                 micro = trim_padding(index_batch(experience, order[start : start + self.micro_batch_size]))
                 # Until the first step the actor has the sampling weights: its log-probs are the learner's π_old.
                 before_first_step = epoch == 0 and start < mini_batch_size
-                self._actor_step(micro, clip_eps, entropy_coef, tis_cap, before_first_step, sums)
-                if held is None:
+                self._actor_step(micro, loss, before_first_step, sums)
+                if held is None and self.critic is not None:
                     self._critic_step(micro, self._values(micro.rollout()), value_clip, vf_coef, sums)
         self.step += 1
         return sums.reduce(time.perf_counter() - started)
 
-    def _actor_step(
-        self, mb: ExperienceBatch, clip_eps: float, entropy_coef: float, tis_cap: float, measure: bool, sums: _Sums
-    ) -> None:
+    def _actor_step(self, mb: ExperienceBatch, loss: _PolicyLoss, measure: bool, sums: _Sums) -> None:
         """One forward/backward of the actor; DeepSpeed steps at the accumulation boundary.
 
         `measure`: the actor still has the sampling weights, so add its gap to the engine's log-probs.
@@ -289,18 +314,27 @@ class PPOTrainer:
         old, behaviour = mb.old_logprobs.to(device), mb.behaviour_logprobs.to(device)
         if measure:
             sums.add_mismatch(logprob_mismatch(logprobs, behaviour, mask))
-        tis = truncated_is_weights(old, behaviour, tis_cap) if tis_cap else None
+        tis = truncated_is_weights(old, behaviour, loss.tis_cap) if loss.tis_cap else None
         weights = None if tis is None else tis.weights
-        pg_loss, stats = ppo_policy_loss(logprobs, old, mb.advantages.to(device), mask, clip_eps, weights)
+        pg_loss, stats = ppo_policy_loss(
+            logprobs, old, mb.advantages.to(device), mask, loss.clip_eps, weights, loss.agg, loss.max_len
+        )
         if tis is not None:
             sums.add_tis(masked_mean(tis.weights, mask), masked_mean(tis.clipped.float(), mask))
+        total = pg_loss
+        kl_term = torch.zeros(())
+        if loss.kl_coef:
+            kl_term = kl_loss(logprobs, mb.ref_logprobs.to(device), mask, loss.kl_estimator, loss.agg, loss.max_len)
+            total = total + loss.kl_coef * kl_term
         # The entropy bonus needs the graph only when it is on; it is logged either way.
-        with nullcontext() if entropy_coef else torch.no_grad():
+        with nullcontext() if loss.entropy_coef else torch.no_grad():
             entropy = entropy_from_logits(logits, mask)
+        if loss.entropy_coef:
+            total = total - loss.entropy_coef * entropy
         boundary = self.actor.is_gradient_accumulation_boundary()
-        self.actor.backward(pg_loss - entropy_coef * entropy if entropy_coef else pg_loss)
+        self.actor.backward(total)
         self.actor.step()
-        sums.add_policy(pg_loss, entropy, stats.approx_kl, stats.clip_fraction)
+        sums.add_policy(pg_loss, entropy, stats.approx_kl, stats.clip_fraction, kl_term)
         if boundary:
             sums.add_actor_norm(D.grad_norm(self.actor))
 
@@ -308,6 +342,7 @@ class PPOTrainer:
         self, mb: ExperienceBatch, values: torch.Tensor, value_clip: float, vf_coef: float, sums: _Sums
     ) -> None:
         """The value loss of `values` (the critic's pass over `mb`, with its graph) backward; steps at the boundary."""
+        assert self.critic is not None
         device = self.critic.device
         mask = mb.response_mask.to(device)
         boundary = self.critic.is_gradient_accumulation_boundary()
@@ -341,12 +376,18 @@ class PPOTrainer:
 
     def _values(self, batch: RolloutBatch) -> torch.Tensor:
         """Critic values (batch, response_len) of the states before each response token."""
+        assert self.critic is not None
         device = self.critic.device
         ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1).to(device)
         mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1).to(device)
         width, prompt_len = batch.response_ids.shape[1], batch.prompt_ids.shape[1]
         values: torch.Tensor = self.critic(ids, mask, position_ids_from_mask(mask))
         return values[:, prompt_len - 1 : prompt_len - 1 + width]
+
+    def _set_mode(self, train: bool) -> None:
+        for engine in (self.actor, self.critic):
+            if engine is not None:
+                engine.train(train)
 
     # --- weight sync --------------------------------------------------------------
 
@@ -410,16 +451,34 @@ class PPOTrainer:
         D.save_hf_folder(self.actor.module, self.tokenizer, path, self.zero_stage, self.rank)
 
     def save_checkpoint(self, directory: str) -> None:
-        """Actor and critic training state under `directory`/{actor,critic} (all ranks call)."""
+        """Actor and critic training state under `directory`/{actor,critic} (all ranks call; no critic/ without one)."""
         D.save_engine_checkpoint(self.actor, Path(directory) / "actor", self.step)
-        D.save_engine_checkpoint(self.critic, Path(directory) / "critic", self.step)
+        if self.critic is not None:
+            D.save_engine_checkpoint(self.critic, Path(directory) / "critic", self.step)
 
     def load_checkpoint(self, directory: str) -> int:
         """Resume actor and critic from `save_checkpoint`; return the number of updates made so far."""
         self._held = None
         self.step = D.load_engine_checkpoint(self.actor, Path(directory) / "actor")
-        D.load_engine_checkpoint(self.critic, Path(directory) / "critic")
+        if self.critic is not None:
+            D.load_engine_checkpoint(self.critic, Path(directory) / "critic")
         return self.step
+
+    def has_critic(self) -> bool:
+        """Whether this rank holds a value model (not under a critic-free estimator)."""
+        return self.critic is not None
+
+
+class _PolicyLoss(NamedTuple):
+    """How one micro-batch's actor loss is made (see `PPOTrainer.train`)."""
+
+    clip_eps: float
+    entropy_coef: float
+    tis_cap: float
+    kl_coef: float
+    kl_estimator: KLKind
+    agg: str
+    max_len: int
 
 
 class _HeldValues(NamedTuple):
@@ -446,7 +505,7 @@ class _Sums:
     """Running sums of this rank's per-micro-batch metrics, reduced over ranks at the end."""
 
     def __init__(self) -> None:
-        self.policy = [0.0] * 4  # policy loss, entropy, approx KL, clip fraction
+        self.policy = [0.0] * 5  # policy loss, entropy, approx KL, clip fraction, KL loss term
         self.value = 0.0
         self.counts = [0, 0]  # actor and critic micro-batches
         self.norms = [0.0, 0.0]
@@ -480,12 +539,13 @@ class _Sums:
     def reduce(self, seconds: float) -> PPOTrainStats:
         totals = D.all_reduce_sums([*self.policy, self.value, *self.tis, *self.mismatch, *map(float, self.counts)])
         actor_micro, critic_micro = (max(c, 1.0) for c in totals[-2:])
-        policy_loss, entropy, approx_kl, clip_fraction = (v / actor_micro for v in totals[:4])
-        tis_sum, tis_clipped, tis_micro = totals[5:8]
+        policy_loss, entropy, approx_kl, clip_fraction, kl_term = (v / actor_micro for v in totals[:5])
+        tis_sum, tis_clipped, tis_micro = totals[6:9]
         # Grad norms are global already (identical on every rank): average over this rank's steps.
         return PPOTrainStats(
             policy_loss=policy_loss,
-            value_loss=totals[4] / critic_micro,
+            kl_loss=kl_term,
+            value_loss=totals[5] / critic_micro,
             entropy=entropy,
             approx_kl=approx_kl,
             clip_fraction=clip_fraction,
@@ -495,6 +555,6 @@ class _Sums:
             # Off, every weight is 1 and none is clipped.
             tis_weight_mean=tis_sum / tis_micro if tis_micro else 1.0,
             tis_clip_fraction=tis_clipped / tis_micro if tis_micro else 0.0,
-            mismatch=LogprobMismatch(*totals[8:11]),
+            mismatch=LogprobMismatch(*totals[9:12]),
             seconds=seconds,
         )

@@ -138,3 +138,66 @@ def test_adaptive_kl_controller_validates() -> None:
         AdaptiveKLController(0.1, target=0.0, horizon=100)
     with pytest.raises(ValueError):
         AdaptiveKLController(0.1, target=1.0, horizon=0)
+
+
+# --- critic-free estimators -----------------------------------------------------------
+
+
+def test_grpo_centres_each_group_and_divides_by_its_unbiased_std() -> None:
+    from rlaif.core.advantages import group_baseline
+
+    # Two prompts, two responses each: group means 2 and 5; unbiased stds sqrt(2) and 0.
+    scores = torch.tensor([1.0, 3.0, 5.0, 5.0])
+    got = group_baseline(scores, 2, "grpo", std_norm=True)
+    s = math.sqrt(2.0)
+    assert got.tolist() == pytest.approx([-1 / (s + 1e-6), 1 / (s + 1e-6), 0.0, 0.0])
+    # Dr. GRPO: centred only.
+    assert group_baseline(scores, 2, "grpo", std_norm=False).tolist() == pytest.approx([-1.0, 1.0, 0.0, 0.0])
+
+
+def test_rloo_subtracts_the_mean_of_the_other_responses() -> None:
+    from rlaif.core.advantages import group_baseline
+
+    # One group of three: 1 - (2+6)/2 = -3; 2 - (1+6)/2 = -1.5; 6 - (1+2)/2 = 4.5.
+    got = group_baseline(torch.tensor([1.0, 2.0, 6.0]), 3, "rloo")
+    assert got.tolist() == pytest.approx([-3.0, -1.5, 4.5])
+
+
+@pytest.mark.parametrize(("estimator", "std_norm"), [("grpo", True), ("grpo", False), ("rloo", True)])
+def test_a_group_whose_responses_all_scored_the_same_has_zero_advantage(estimator: str, std_norm: bool) -> None:
+    from rlaif.core.advantages import group_baseline
+
+    got = group_baseline(torch.tensor([0.7, 0.7, 0.7, 0.7, -2.0, 1.0]), 3, estimator, std_norm)
+    assert got[:3].tolist() == [0.0, 0.0, 0.0]
+    assert torch.isfinite(got).all() and got[3:].abs().sum() > 0
+
+
+def test_group_baseline_refuses_groups_that_do_not_tile_the_batch() -> None:
+    from rlaif.core.advantages import group_baseline
+
+    with pytest.raises(ValueError, match="groups of 2"):
+        group_baseline(torch.zeros(3), 2, "grpo")
+    with pytest.raises(ValueError, match="groups of 1"):
+        group_baseline(torch.zeros(3), 1, "rloo")
+    with pytest.raises(ValueError, match="for \\('grpo', 'rloo'\\)"):
+        group_baseline(torch.zeros(4), 2, "reinforce_pp")
+
+
+def test_returns_to_go_sum_later_rewards_and_skip_padding() -> None:
+    from rlaif.core.advantages import returns_to_go
+
+    rewards = torch.tensor([[0.1, 0.2, 1.0], [0.5, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert torch.allclose(returns_to_go(rewards, mask, 1.0), torch.tensor([[1.3, 1.2, 1.0], [0.5, 0.0, 0.0]]))
+    # γ = 0.5: 0.1 + 0.5·(0.2 + 0.5·1.0) = 0.45.
+    assert returns_to_go(rewards, mask, 0.5)[0].tolist() == pytest.approx([0.45, 0.7, 1.0])
+
+
+def test_only_gae_uses_a_critic_and_the_names_match_the_config() -> None:
+    from rlaif.config import ADVANTAGE_ESTIMATORS, GROUPED_ESTIMATORS
+    from rlaif.core.advantages import ESTIMATORS, GROUPED, uses_critic
+
+    assert ESTIMATORS == ADVANTAGE_ESTIMATORS and GROUPED == GROUPED_ESTIMATORS
+    assert [uses_critic(e) for e in ESTIMATORS] == [True, False, False, False]
+    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
+        uses_critic("ppo")

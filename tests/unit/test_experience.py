@@ -135,3 +135,56 @@ def test_token_count_rule_reward() -> None:
         build_rule_reward("bogus:1")
     with pytest.raises(ValueError, match="integer token id"):
         build_rule_reward("token_count:x")
+
+
+def _grouped_batch() -> tuple:
+    # Two prompts x two responses; response lengths 2, 1, 2, 2.
+    batch = collate_rollouts([[9], [9], [8], [8]], [[1, 2], [3], [4, 5], [6, 7]], 0)
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, 0.0], [-1.0, -1.0], [-1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -2.0], [-0.5, 0.0], [-1.0, -1.0], [-1.0, -1.0]])
+    return batch, PolicyOutputs(logprobs, ref, torch.zeros(4, 2))
+
+
+def test_grpo_with_the_kl_in_the_loss_gives_every_token_its_group_advantage() -> None:
+    batch, outputs = _grouped_batch()
+    exp, kl = make_experience(
+        batch, outputs, torch.tensor([1.0, 3.0, 2.0, 2.0]), torch.zeros(4), 0.1, "k1", 1.0, 0.95,
+        whiten_advantages=True, estimator="grpo", group_size=2, grpo_std_norm=False, kl_in_reward=False,
+    )  # fmt: skip
+    # Group 0: mean 2 -> -1, +1 on every real token; group 1: identical scores -> 0. Not whitened.
+    assert torch.equal(exp.advantages, torch.tensor([[-1.0, -1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    assert torch.equal(exp.returns, exp.advantages)
+    # The KL is not in the rewards, but it is still measured (row 0: 0.5 nats, k1).
+    assert exp.rewards[0].tolist() == pytest.approx([0.0, -1.0]) and kl.tolist() == pytest.approx([0.5, 0, 0, 0])
+    assert exp.scores.tolist() == [1.0, 3.0, 2.0, 2.0]
+
+
+def test_rloo_with_the_kl_in_the_reward_sums_the_penalties_after_each_token() -> None:
+    batch, outputs = _grouped_batch()
+    exp, _ = make_experience(
+        batch, outputs, torch.tensor([1.0, 3.0, 2.0, 2.0]), torch.zeros(4), 0.1, "k1", 1.0, 0.95,
+        whiten_advantages=False, estimator="rloo", group_size=2,
+    )  # fmt: skip
+    # Row 0: baselined score 1 - 3 = -2 on its last token, -0.1 x 0.5 on its first: returns-to-go -2.05, -2.
+    assert exp.advantages[0].tolist() == pytest.approx([-2.05, -2.0])
+    assert exp.advantages[1].tolist() == pytest.approx([2.0, 0.0])
+
+
+def test_reinforce_pp_whitens_the_returns_to_go_over_the_batch() -> None:
+    batch, outputs = _grouped_batch()
+    exp, _ = make_experience(
+        batch, outputs, torch.tensor([1.0, 3.0, 2.0, 2.0]), torch.zeros(4), 0.0, "k1", 1.0, 0.95,
+        whiten_advantages=True, estimator="reinforce_pp",
+    )  # fmt: skip
+    mask = batch.response_mask.bool()
+    # Unwhitened: each token's return-to-go is its response's score (no KL): 1,1 | 3 | 2,2 | 2,2.
+    raw = torch.tensor([1.0, 1.0, 3.0, 2.0, 2.0, 2.0, 2.0])
+    want = (raw - raw.mean()) / raw.var().add(1e-8).sqrt()
+    assert exp.advantages[mask].tolist() == pytest.approx(want.tolist(), abs=1e-5)
+    assert exp.advantages[~mask].tolist() == [0.0]
+
+
+def test_an_unknown_estimator_is_refused() -> None:
+    batch, outputs = _grouped_batch()
+    with pytest.raises(ValueError, match="unknown advantage estimator 'vtrace'"):
+        make_experience(batch, outputs, torch.zeros(4), torch.zeros(4), 0.0, "k1", 1.0, 1.0, False, estimator="vtrace")

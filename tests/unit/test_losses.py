@@ -204,3 +204,49 @@ def test_entropy_from_logits() -> None:
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, float("-inf"), float("-inf")], [9.0, 0.0, 0.0, 0.0]]])
     mask = torch.tensor([[1, 1, 0]])
     _close(entropy_from_logits(logits, mask), (math.log(4.0) + math.log(2.0)) / 2)
+
+
+def test_token_losses_aggregate_by_token_by_sequence_or_by_a_constant_length() -> None:
+    from rlaif.core.losses import aggregate_tokens
+
+    per_token = torch.tensor([[1.0, 3.0, 9.0], [6.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # Token mean: (1 + 3 + 6) / 3; sequence mean: (2 + 6) / 2; Dr. GRPO: (4/4 + 6/4) / 2.
+    assert float(aggregate_tokens(per_token, mask, "token_mean")) == pytest.approx(10 / 3)
+    assert float(aggregate_tokens(per_token, mask, "seq_mean")) == pytest.approx(4.0)
+    assert float(aggregate_tokens(per_token, mask, "seq_sum", max_len=4)) == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="max_len >= 1"):
+        aggregate_tokens(per_token, mask, "seq_sum")
+    with pytest.raises(ValueError, match="unknown loss aggregation 'sum'"):
+        aggregate_tokens(per_token, mask, "sum")
+
+
+def test_ppo_loss_aggregates_as_asked() -> None:
+    # Ratio 1 everywhere: each token's loss is -A.
+    adv = torch.tensor([[1.0, 3.0], [6.0, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    zeros = torch.zeros(2, 2)
+    token, _ = ppo_policy_loss(zeros, zeros, adv, mask, 0.2)
+    seq, _ = ppo_policy_loss(zeros, zeros, adv, mask, 0.2, agg="seq_mean")
+    assert float(token) == pytest.approx(-10 / 3) and float(seq) == pytest.approx(-4.0)
+
+
+def test_kl_loss_gradients_match_the_estimators_derivatives() -> None:
+    from rlaif.core.losses import kl_loss
+
+    ref = torch.tensor([[-1.0, -2.0]])
+    mask = torch.tensor([[1, 1]])
+    for kind, derivative in (
+        ("k1", lambda d: torch.ones_like(d)),
+        ("k2", lambda d: d),
+        ("k3", lambda d: 1 - torch.exp(-d)),
+    ):
+        logprobs = torch.tensor([[-0.5, -2.5]], requires_grad=True)
+        loss = kl_loss(logprobs, ref, mask, kind, "token_mean")  # type: ignore[arg-type]
+        loss.backward()
+        d = (logprobs - ref).detach()
+        assert logprobs.grad is not None
+        assert torch.allclose(logprobs.grad, derivative(d) / 2), kind
+    # k3 at d = 0.5 and -0.5: exp(-d) - 1 + d, mean of the two.
+    want = ((math.exp(-0.5) - 0.5) + (math.exp(0.5) - 1.5)) / 2
+    assert float(kl_loss(torch.tensor([[-0.5, -2.5]]), ref, mask, "k3")) == pytest.approx(want)

@@ -76,6 +76,38 @@ def test_the_critic_runs_once_per_sample_where_the_update_is_one_step(overrides:
     assert reuses_value_forward(compose_run(overrides)) is once
 
 
+def test_critic_free_estimators_start_no_critic() -> None:
+    from rlaif.stages.ppo_roles import ModelPaths, learner_args, reuses_value_forward
+
+    paths = ModelPaths(Path("/policy"), Path("/rm"))
+    gae = learner_args(compose_run([]), paths, 1)
+    assert gae["critic_path"] == "/rm" and gae["critic_ds_config"] is not None
+    for estimator in ("grpo", "rloo", "reinforce_pp"):
+        run = compose_run([f"ppo.advantage={estimator}", "ppo.samples_per_prompt=2", "ppo.mini_batch_size=16"])
+        args = learner_args(run, paths, 1)
+        assert args["critic_path"] is None and args["critic_ds_config"] is None
+        # One mini-batch of one epoch would let gae reuse its critic pass; without a critic there is none.
+        assert reuses_value_forward(run) is False
+
+
+def test_the_dry_run_charges_the_learner_for_a_critic_only_under_gae() -> None:
+    from rlaif.plan import build_plan, render
+
+    def learner_gib(overrides: list[str]) -> tuple[float, str]:
+        run = compose_run(["+experiment=large", *overrides])
+        plan = build_plan(run)
+        stage = next(s for s in plan.stages if s.stage == "rl_cai")
+        return next(a.memory_gib for a in stage.assignments if a.role == "learner"), render(run, plan)
+
+    gae_gib, gae_text = learner_gib([])
+    grpo_gib, grpo_text = learner_gib(["ppo.advantage=grpo", "ppo.samples_per_prompt=4"])
+    assert grpo_gib < gae_gib
+    gae_rows = [line for line in gae_text.splitlines() if line.strip().startswith("learner")]
+    grpo_rows = [line for line in grpo_text.splitlines() if line.strip().startswith("learner")]
+    assert gae_rows and all("actor + critic + reference" in line for line in gae_rows)
+    assert grpo_rows and all("actor + reference (ppo.advantage=grpo: no critic)" in line for line in grpo_rows)
+
+
 def test_one_critic_pass_is_refused_where_the_update_would_see_other_values() -> None:
     from rlaif.stages.ppo_roles import reuses_value_forward
 
@@ -100,6 +132,12 @@ def test_one_critic_pass_is_refused_where_the_update_would_see_other_values() ->
         ({"tis_cap": 0.5}, "ppo.tis_cap"),
         ({"tis_cap": -1.0}, "ppo.tis_cap"),
         ({"tis_cap": 2.0, "old_logprobs": "engine"}, r"ppo.tis_cap > 0 .* ppo.old_logprobs=engine"),
+        ({"advantage": "ppo"}, "ppo.advantage"),
+        ({"advantage": "grpo"}, r"ppo.advantage=grpo .* ppo.samples_per_prompt >= 2, got 1"),
+        ({"advantage": "rloo"}, r"ppo.advantage=rloo .* ppo.samples_per_prompt >= 2"),
+        ({"advantage": "reinforce_pp", "value_forward": "once"}, r"ppo.value_forward=once .* has no critic"),
+        ({"kl_in": "advantage"}, "ppo.kl_in"),
+        ({"loss_agg": "sum"}, "ppo.loss_agg"),
     ],
 )
 def test_bad_ppo_values_fail_naming_the_field(kwargs: dict[str, object], field: str) -> None:
