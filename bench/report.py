@@ -324,23 +324,24 @@ def _ppo(r: dict[str, Any], out: Path) -> list[str]:
 
 
 def _estimators(r: dict[str, Any]) -> list[str]:
-    md = ["## 4b. Advantage estimators: PPO with a critic against critic-free", ""]
+    md = ["## 4b. Advantage estimators and asynchronous rollout", ""]
     if not r or _status(r):
         return [*md, _status(r) or "_not run_", ""]
     md += [r.get("setup", ""), "", f"Load average before: {r.get('load_average_before')}.", ""]
-    est = r["estimators"]
-    names = list(est)
+    conf = r["configurations"]
+    names = list(conf)
     rows = [
-        ["iteration s (median of runs)", *[est[e]["iteration_s"] for e in names]],
+        ["iteration s (median of runs)", *[conf[n]["iteration_s"] for n in names]],
         [
             "iteration s, min–max of runs",
-            *[f"{est[e]['iteration_s_min']:.1f}–{est[e]['iteration_s_max']:.1f}" for e in names],
+            *[f"{conf[n]['iteration_s_min']:.1f}–{conf[n]['iteration_s_max']:.1f}" for n in names],
         ],
-        ["samples/s", *[est[e]["samples_per_s"] for e in names]],
-        *[[f"  {ph} s", *[est[e]["split_s"].get(ph) for e in names]] for ph in (*PPO_PHASES, "other")],
-        ["start-up s", *[est[e]["startup_s"] for e in names]],
-        ["whole process s", *[est[e]["process_wall_s"] for e in names]],
-        ["speed-up over gae", *[f"{r['speedup_over_gae'][e]:.2f}×" for e in names]],
+        ["samples/s", *[conf[n]["samples_per_s"] for n in names]],
+        *[[f"  {ph} s", *[conf[n]["split_s"].get(ph) for n in names]] for ph in (*PPO_PHASES, "other")],
+        ["start-up s", *[conf[n]["startup_s"] for n in names]],
+        ["whole process s", *[conf[n]["process_wall_s"] for n in names]],
+        ["speed-up over gae (same mode)", *[f"{r['speedup_over_gae'][n]:.2f}×" for n in names]],
+        ["speed-up over sync (same estimator)", *[f"{r['speedup_over_sync'][n]:.2f}×" for n in names]],
     ]
     md += _table(["", *names], rows)
     return md

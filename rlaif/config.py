@@ -477,8 +477,16 @@ class PPOConfig:
     old_logprobs: str = "auto"
     # Truncated importance sampling cap C (0: off; else >= 1, e.g. 2): each token's policy loss is
     # weighted by min(π_old / π_engine, C), correcting for the engine sampling from a slightly
-    # different distribution than the learner's (Yao et al. 2025). Needs old_logprobs learner or auto.
-    tis_cap: float = 0.0
+    # different distribution than the learner's (Yao et al. 2025), and, with max_staleness >= 1,
+    # from an older policy (the decoupled objective's behaviour weight). Needs old_logprobs learner
+    # or auto. null: 2 with max_staleness >= 1, else 0.
+    tis_cap: float | None = None
+    # Asynchronous rollout: how many policy versions a trained sample may lag the policy it updates.
+    # 0: the synchronous loop (sample, then train). N >= 1: the rollout engines sample up to N batches
+    # ahead while the learner trains; a batch older than N versions is dropped (counted) and sampled
+    # again. Trains with the decoupled objective (docs/design.md §9): old log-probs from the learner
+    # (the proximal policy), each token weighted by min(π_prox / π_behaviour, tis_cap).
+    max_staleness: int = 0
     # Critic forward passes per sample. twice (PPO's own): one at rollout time (the values for the
     # advantages) and one in each update step; once, a shortcut for an update of a single optimizer
     # step: the rollout-time pass keeps its graph and the update backpropagates through it, as the
@@ -510,13 +518,25 @@ class PPOConfig:
     log_samples: int = 2
 
     def __post_init__(self) -> None:
+        if self.tis_cap is None:
+            self.tis_cap = 2.0 if self.max_staleness > 0 else 0.0
+        cap = self.tis_cap
         for name in ("iterations", "prompts_per_iteration", "samples_per_prompt", "max_new_tokens", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("mini_batch_size", "micro_batch_size", "sync_bucket_mb", "kl_horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("grad_clip", "entropy_coef", "kl_coef", "checkpoint_every", "log_samples", "vf_coef", "tis_cap"):
+        for name in (
+            "grad_clip",
+            "entropy_coef",
+            "kl_coef",
+            "checkpoint_every",
+            "log_samples",
+            "vf_coef",
+            "tis_cap",
+            "max_staleness",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("temperature", "actor_lr", "critic_lr", "clip_eps", "value_clip", "kl_target"):
@@ -548,9 +568,9 @@ class PPOConfig:
             )
         if self.missing_eos_penalty > 0:
             raise ValueError(f"ppo.missing_eos_penalty must be <= 0 (0: off), got {self.missing_eos_penalty}")
-        if 0 < self.tis_cap < 1:
-            raise ValueError(f"ppo.tis_cap must be 0 (off) or >= 1, got {self.tis_cap}")
-        if self.tis_cap and self.old_logprobs == "engine":
+        if 0 < cap < 1:
+            raise ValueError(f"ppo.tis_cap must be 0 (off) or >= 1, got {cap}")
+        if cap and self.old_logprobs == "engine":
             raise ValueError(
                 "ppo.tis_cap > 0 weighs the learner's old log-probs against the engine's, but ppo.old_logprobs=engine "
                 "makes them the same; set ppo.old_logprobs to learner or auto, or ppo.tis_cap=0"
@@ -559,6 +579,18 @@ class PPOConfig:
             raise ValueError(
                 f"ppo.advantage={self.advantage} compares the responses to one prompt and needs "
                 f"ppo.samples_per_prompt >= 2, got {self.samples_per_prompt}"
+            )
+        if self.max_staleness and (cap < 1 or self.old_logprobs == "engine"):
+            raise ValueError(
+                f"ppo.max_staleness={self.max_staleness} trains on samples of older policies and needs the decoupled "
+                "objective: the learner's proximal log-probs (ppo.old_logprobs learner or auto) and an importance-"
+                f"weight cap ppo.tis_cap >= 1 (null picks 2); got old_logprobs={self.old_logprobs}, "
+                f"tis_cap={self.tis_cap}"
+            )
+        if self.max_staleness and self.placement == "colocated":
+            raise ValueError(
+                "ppo.max_staleness >= 1 samples while the learner trains, but ppo.placement=colocated has the engines "
+                "sleep then; use ppo.placement=disaggregated or ppo.max_staleness=0"
             )
         if self.advantage != "gae" and self.value_forward == "once":
             raise ValueError(

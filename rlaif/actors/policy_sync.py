@@ -72,6 +72,8 @@ class PolicySync:
             raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
         self.learner, self.rollout, self.backend = learner, rollout, backend
         self.bucket_bytes, self.timeout_s, self.version = bucket_bytes, timeout_s, 0
+        # Rollout actors found restarted so far: a batch sampled across a change may hold stale samples.
+        self.restarts_seen = 0
         self.incarnations: list[str] = []
         self._form_group()
         # Metadata is sent once; put it in the object store so each push passes a reference.
@@ -101,6 +103,7 @@ class PolicySync:
         restarted = sum(1 for old, new in zip(self.incarnations, now, strict=True) if old != new)
         if restarted:
             log.warning("weight sync: %d rollout actor(s) restarted; re-forming the sync group", restarted)
+            self.restarts_seen += restarted
             self._form_group()
         return restarted
 

@@ -12,7 +12,7 @@ no record lost or duplicated. A restarted engine holds the weights it was built 
 (the starting policy) at policy version 0 and has left PPO's weight-sync group; in
 `rl_cai`, `rlaif.actors.policy_sync.PolicySync` notices the new incarnation, re-forms the
 group and pushes the current policy, and the stage samples that iteration's batch again
-(`rlaif.stages.rl_cai.sample_fresh`, metric ``ppo/actor_restarts``).
+(`rlaif.stages.ppo_rollouts.sample_fresh`, metric ``ppo/actor_restarts``).
 """
 
 from __future__ import annotations
@@ -78,9 +78,16 @@ class ActorPool:
 
     def map_shards(self, method: str, items: Sequence[T], *args: Any) -> list[Any]:
         """Call `method(shard, *args)` on every actor with a contiguous shard; concatenate in order."""
+        return gather(self.submit_shards(method, items, *args))
+
+    def submit_shards(self, method: str, items: Sequence[T], *args: Any) -> list[ray.ObjectRef]:
+        """`map_shards` without waiting: one reference per non-empty shard, for `gather`.
+
+        Each actor runs its calls in the order they were made, so a call submitted later (a
+        weight sync, say) runs on that actor after this one.
+        """
         shards = split_evenly(items, len(self.actors))
-        refs = [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards, strict=True) if s]
-        return [item for part in ray.get(refs) for item in part]
+        return [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards, strict=True) if s]
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
@@ -94,6 +101,11 @@ class ActorPool:
         for actor in self.actors:
             ray.kill(actor)
         ray.util.remove_placement_group(self.placement)
+
+
+def gather(refs: Sequence[ray.ObjectRef]) -> list[Any]:
+    """Wait for `submit_shards`' calls and concatenate their results in shard order."""
+    return [item for part in ray.get(list(refs)) for item in part]
 
 
 def _where(actor: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,33 @@ def role_specs(run: RunConfig) -> tuple[RoleGroupSpec, RoleGroupSpec, RoleGroupS
     return spec("learner", learner), spec("rollout", rollout), spec("reward_scorer", c.reward_scorer)
 
 
+def role_threads(r: RoleResources) -> int:
+    """The OpenMP threads an actor of a role runs (`rlaif.actors.pool.engine_env`, `trainer_env`)."""
+    return r.threads_per_worker or max(1, int(r.cpus_per_worker))
+
+
+def async_thread_warning(run: RunConfig, cores: int) -> str | None:
+    """With ``ppo.max_staleness`` >= 1 on one machine, rollout and learner threads run at the same time.
+
+    In the synchronous loop the roles take turns and each may use every core; sampling ahead
+    overlaps the rollout engines with the learner, and OpenMP threads beyond the free cores
+    spin-wait (docs/design.md §7). Returns a warning when the two roles' threads exceed the
+    machine's cores on a local cluster, else None.
+    """
+    c = run.cluster
+    if not run.ppo.max_staleness or c.address is not None or run.engine.device != "cpu":
+        return None
+    learner = role_threads(c.learner) * c.learner.num_workers
+    rollout = role_threads(c.rollout) * c.rollout.num_workers
+    if learner + rollout <= cores:
+        return None
+    return (
+        f"ppo.max_staleness={run.ppo.max_staleness} runs rollout and learner at once, but their threads "
+        f"({rollout} + {learner}) exceed this machine's {cores} cores; the two will slow each other down. "
+        "Give each its own cores: cluster.rollout.threads_per_worker and cluster.learner.cpus_per_worker"
+    )
+
+
 def learner_args(run: RunConfig, paths: ModelPaths, world_size: int) -> dict[str, Any]:
     """The `PPOTrainer` constructor arguments (rank, world size and master address come from the group)."""
     cfg, ds = run.ppo, run.deepspeed
@@ -239,6 +267,8 @@ class PPORoles:
         self.keep_value_graph = reuses_value_forward(run)
         learner_spec, rollout_spec, scorer_spec = role_specs(run)
         backend = sync_backend(run)
+        if warning := async_thread_warning(run, os.cpu_count() or 1):
+            log.warning("rl_cai: %s", warning)
         log.info(
             "rl_cai: starting %d learner rank(s) (%s) and %d rollout engine(s) (%s, weight sync over %s)",
             learner_spec.num_workers,
@@ -302,7 +332,7 @@ class PPORoles:
             cfg.value_clip,
             cfg.vf_coef,
             cfg.entropy_coef,
-            cfg.tis_cap,
+            cfg.tis_cap or 0.0,
             kl_coef if cfg.kl_in == "loss" else 0.0,
             cfg.kl_estimator,
             cfg.loss_agg,

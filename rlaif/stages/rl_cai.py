@@ -39,25 +39,23 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from rlaif.config import PPOConfig, RunConfig
+from rlaif.config import RunConfig
 from rlaif.core.advantages import AdaptiveKLController, FixedKLController, KLController, KLKind
 from rlaif.core.experience import collate_rollouts, experience_stats, make_experience
 from rlaif.core.io import append_jsonl, read_jsonl, write_manifest
-from rlaif.core.losses import logprob_mismatch
+from rlaif.core.losses import logprob_mismatch, truncated_is_weights
 from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
 from rlaif.core.rewards import RewardSample, apply_missing_eos_penalty
 from rlaif.core.schedule import cycled_batches
-from rlaif.engines.base import Completion, Generation, Message, SamplingParams
 from rlaif.stages.pipeline import StageContext
 from rlaif.stages.ppo_roles import PPORoles, model_paths
+from rlaif.stages.ppo_rollouts import Rollouts, Sample
 from rlaif.stages.ppo_state import Checkpoint, fingerprint, keep_iterations_before
 
 log = logging.getLogger(__name__)
 
 STAGE = "rl_cai"
 TIME_KEYS = ("generation", "scoring", "learner_forward", "training", "sync")
-# How often one iteration samples its batch again after rollout actors restarted, before giving up.
-MAX_RESAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -131,21 +129,19 @@ def kl_controller(run: RunConfig, kl_coef: float) -> KLController:
     return FixedKLController(kl_coef)
 
 
-class Sample(NamedTuple):
-    """One sampled response: its prompt record, the generation it belongs to, and the completion."""
-
-    record: PromptRecord
-    generation: Generation
-    completion: Completion
-
-
 def ppo_iteration(
-    roles: PPORoles, records: list[PromptRecord], iteration: int, kl: KLController, run: RunConfig
+    roles: PPORoles, rollouts: Rollouts, iteration: int, kl: KLController, run: RunConfig
 ) -> IterationResult:
-    """One PPO iteration: sample, score, evaluate, advantages, update, sync."""
+    """One PPO iteration: sample (or take the batch sampled ahead), score, evaluate, advantages, update, sync.
+
+    The learner holds policy version `iteration` (the updates made so far) and makes version
+    `iteration + 1`. ``time_generation_s`` is the wait for the batch: all of its sampling in the
+    synchronous loop, only what training did not hide with ``ppo.max_staleness`` >= 1.
+    """
     cfg, timer = run.ppo, Timer()
     with timer("generation"):
-        samples, restarts = sample_fresh(roles, records, cfg)
+        taken = rollouts.take(iteration, learner_version=iteration)
+    samples = taken.samples
     roles.engines_sleep()
     finished = [s.completion.finished for s in samples]
     with timer("scoring"):
@@ -163,12 +159,18 @@ def ppo_iteration(
         )
         behaviour = engine_logprobs(samples, rollout.response_ids.shape[1])
         outputs = roles.policy_outputs(rollout, behaviour if roles.engine_logprobs else None)
-        # With the learner's own old log-probs, the whole batch measures the mismatch here, at the
-        # sampling weights; otherwise the learner measures it before its first optimizer step.
-        rollout_mismatch = (
-            None if roles.engine_logprobs else logprob_mismatch(outputs.logprobs, behaviour, rollout.response_mask)
-        )
         versions = torch.tensor([s.generation.policy_version for s in samples])
+        # With the learner's own old log-probs, the batch's samples of the learner's own version measure
+        # the mismatch here, at the sampling weights (older samples differ by the updates too); otherwise
+        # the learner measures it before its first optimizer step.
+        fresh = versions == iteration
+        rollout_mismatch = (
+            None
+            if roles.engine_logprobs
+            else logprob_mismatch(outputs.logprobs[fresh], behaviour[fresh], rollout.response_mask[fresh])
+        )
+        # The behaviour weights the update applies (the decoupled objective's, with max_staleness >= 1).
+        weights = behaviour_weights(outputs.logprobs, behaviour, rollout.response_mask, cfg.tis_cap or 0.0)
         kl_kind: KLKind = cfg.kl_estimator  # type: ignore[assignment]
         experience, seq_kl = make_experience(
             rollout,
@@ -193,7 +195,9 @@ def ppo_iteration(
     roles.engines_wake()
     with timer("sync"):
         sync = roles.sync.push(iteration + 1)
-    mismatch_abs, mismatch_kl = (train.mismatch if rollout_mismatch is None else rollout_mismatch).means()
+    mismatch = train.mismatch if rollout_mismatch is None else rollout_mismatch
+    # None: no sample of the learner's own version in the batch (every one was sampled ahead).
+    mismatch_abs, mismatch_kl = mismatch.means() if mismatch.tokens else (None, None)
     metrics = {
         "id": f"iteration-{iteration}",
         "iteration": iteration,
@@ -209,6 +213,13 @@ def ppo_iteration(
         "return_mean": stats.return_mean,
         "unfinished_fraction": 1.0 - sum(finished) / len(samples),
         **{k: v for k, v in train._asdict().items() if k not in ("seconds", "mismatch")},
+        "tis_weight_max": weights.max,
+        # Asynchronous rollout: how far behind the learner the trained samples were, index = versions behind.
+        "staleness_hist": taken.staleness,
+        "staleness_max": len(taken.staleness) - 1,
+        "staleness_mean": sum(k * n for k, n in enumerate(taken.staleness)) / len(samples),
+        "dropped_samples": taken.dropped,
+        "regenerated_samples": taken.regenerated,
         # The engines' sampling log-probs against the learner's, same tokens, same weights.
         "logprob_mismatch_abs": mismatch_abs,
         "logprob_mismatch_kl": mismatch_kl,
@@ -216,46 +227,29 @@ def ppo_iteration(
         "sync_buckets": sync.buckets,
         "sync_send_s": sync.send_seconds,
         # Rollout actors that died and were restarted this iteration (while sampling, or before the sync).
-        "actor_restarts": restarts + sync.restarts,
+        "actor_restarts": taken.restarts + sync.restarts,
         **{f"time_{k}_s": timer.seconds[k] for k in TIME_KEYS},
     }
     return IterationResult(metrics, sample_rows(samples, scores, iteration, cfg.samples_per_prompt))
 
 
-def sample_fresh(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfig) -> tuple[list[Sample], int]:
-    """Samples all from the engines' current policy (`roles.sync.version`), and how many actors restarted.
+class BehaviourWeights(NamedTuple):
+    """The truncated importance weights min(π_old / π_behaviour, cap) over a batch's real tokens."""
 
-    A rollout actor that dies mid-batch is restarted by Ray, which re-sends its shard; but the
-    restarted engine samples with its starting weights (policy version 0) and has left the sync
-    group. So after sampling, rejoin any restarted actor and push it the current policy; if any
-    sample then carries another version, sample the whole batch again (rare, so simple beats
-    saving the healthy shards). Each try replaces the last, so no prompt is lost or doubled.
-    """
-    restarts = 0
-    for _ in range(MAX_RESAMPLES + 1):
-        samples = sample_responses(roles, records, cfg)
-        restarts += roles.sync.recover()
-        version = roles.sync.version
-        if all(s.generation.policy_version == version for s in samples):
-            return samples, restarts
-        log.warning("rl_cai: samples from a restarted rollout engine; sampling again at policy version %d", version)
-    raise RuntimeError(
-        f"rl_cai: rollout engines kept restarting; no batch at policy version {version} after {MAX_RESAMPLES} resamples"
+    mean: float
+    max: float
+    clipped_fraction: float
+
+
+def behaviour_weights(old: torch.Tensor, behaviour: torch.Tensor, mask: torch.Tensor, cap: float) -> BehaviourWeights:
+    """Summary of the weights the update applies (all 1, none clipped, with cap 0: off)."""
+    if not cap:
+        return BehaviourWeights(1.0, 1.0, 0.0)
+    tis = truncated_is_weights(old, behaviour, cap)
+    keep = mask.bool()
+    return BehaviourWeights(
+        float(tis.weights[keep].mean()), float(tis.weights[keep].max()), float(tis.clipped[keep].float().mean())
     )
-
-
-def sample_responses(roles: PPORoles, records: list[PromptRecord], cfg: PPOConfig) -> list[Sample]:
-    """`samples_per_prompt` responses per prompt from the rollout engines, flattened in prompt order."""
-    # No per-request seed: vLLM would give every prompt of the batch the same random stream, and the
-    # samples of different prompts would move in lockstep. The engine's own seeded generator is used.
-    # The engines always return their sampling log-probs (they cost nothing extra): they are the old
-    # log-probs with ppo.old_logprobs=engine, and otherwise the behaviour side of TIS and the mismatch.
-    params = SamplingParams(
-        n=cfg.samples_per_prompt, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, logprobs=True
-    )
-    chats = [[Message("user", r.prompt)] for r in records]
-    generations: list[Generation] = roles.rollout.map_shards("generate", chats, params)
-    return [Sample(r, g, c) for r, g in zip(records, generations, strict=True) for c in g.completions]
 
 
 def engine_logprobs(samples: list[Sample], width: int) -> torch.Tensor:
@@ -312,8 +306,9 @@ def rl_cai_stage(ctx: StageContext) -> None:
             roles.sync.push(start)
             log.info("rl_cai: resumed at iteration %d from %s", start, checkpoint.path(state))
         bar = tqdm(range(start, cfg.iterations), desc="ppo", unit="iter", initial=start, total=cfg.iterations)
+        rollouts = Rollouts(roles, cfg, lambda k: prompts.batch(k, run.seed), cfg.iterations)
         for it in bar:
-            result = ppo_iteration(roles, prompts.batch(it, run.seed), it, kl, run)
+            result = ppo_iteration(roles, rollouts, it, kl, run)
             bar.set_postfix(reward=f"{float(result.metrics.get('reward_mean', 0.0)):.3f}")
             append_jsonl(out / "samples.jsonl", result.samples)
             append_jsonl(out / "metrics.jsonl", [result.metrics])

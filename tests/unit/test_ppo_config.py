@@ -76,6 +76,28 @@ def test_the_critic_runs_once_per_sample_where_the_update_is_one_step(overrides:
     assert reuses_value_forward(compose_run(overrides)) is once
 
 
+def test_async_rollout_trains_with_the_learners_log_probs_and_a_capped_behaviour_weight() -> None:
+    from rlaif.stages.ppo_roles import uses_engine_logprobs
+
+    sync, async_ = compose_run([]), compose_run(["ppo.max_staleness=1"])
+    # null resolves: off in the synchronous loop, the decoupled objective's cap of 2 when asynchronous.
+    assert (sync.ppo.tis_cap, async_.ppo.tis_cap) == (0.0, 2.0)
+    assert uses_engine_logprobs(sync) and not uses_engine_logprobs(async_)
+    assert compose_run(["ppo.max_staleness=2", "ppo.tis_cap=4"]).ppo.tis_cap == 4.0
+
+
+def test_async_rollout_warns_when_rollout_and_learner_threads_exceed_the_cores() -> None:
+    from rlaif.stages.ppo_roles import async_thread_warning
+
+    # The defaults give the learner one thread and the rollout engine one: they fit 2 cores side by side.
+    assert async_thread_warning(compose_run(["ppo.max_staleness=1"]), cores=2) is None
+    crowded = compose_run(["ppo.max_staleness=1", "cluster.rollout.threads_per_worker=2"])
+    warning = async_thread_warning(crowded, cores=2)
+    assert warning is not None and "(2 + 1) exceed this machine's 2 cores" in warning
+    # Taking turns (synchronous), each role may use every core.
+    assert async_thread_warning(compose_run(["cluster.rollout.threads_per_worker=2"]), cores=2) is None
+
+
 def test_critic_free_estimators_start_no_critic() -> None:
     from rlaif.stages.ppo_roles import ModelPaths, learner_args, reuses_value_forward
 
@@ -137,6 +159,10 @@ def test_one_critic_pass_is_refused_where_the_update_would_see_other_values() ->
         ({"advantage": "rloo"}, r"ppo.advantage=rloo .* ppo.samples_per_prompt >= 2"),
         ({"advantage": "reinforce_pp", "value_forward": "once"}, r"ppo.value_forward=once .* has no critic"),
         ({"kl_in": "advantage"}, "ppo.kl_in"),
+        ({"max_staleness": -1}, "ppo.max_staleness"),
+        ({"max_staleness": 1, "tis_cap": 0.0}, r"ppo.max_staleness=1 .* decoupled objective"),
+        ({"max_staleness": 1, "old_logprobs": "engine"}, r"ppo.tis_cap > 0 .* ppo.old_logprobs=engine"),
+        ({"max_staleness": 1, "placement": "colocated"}, r"ppo.max_staleness >= 1 .*ppo.placement=colocated"),
         ({"loss_agg": "sum"}, "ppo.loss_agg"),
     ],
 )
