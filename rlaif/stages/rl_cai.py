@@ -355,6 +355,10 @@ def _summary(rows: list[dict[str, Any]], startup_s: float) -> dict[str, Any]:
         "sync_bytes": rows[-1]["sync_bytes"] if rows else 0,
         "sync_seconds_mean": totals["sync_s"] / n,
         "actor_restarts": sum(r.get("actor_restarts", 0) for r in rows),
+        # Asynchronous rollout (ppo.max_staleness): the stalest trained sample, and batches thrown away.
+        "staleness_max": max((r.get("staleness_max", 0) for r in rows), default=0),
+        "dropped_samples": sum(r.get("dropped_samples", 0) for r in rows),
+        "regenerated_samples": sum(r.get("regenerated_samples", 0) for r in rows),
     }
 
 
@@ -365,6 +369,11 @@ def _print_summary(rows: list[dict[str, Any]], summary: dict[str, Any], out: Pat
         print(
             f"rl_cai: {r['iteration']:9d}  {r['reward_mean']:+.3f}  {r['kl_mean']:+.3f}  {r['entropy']:.3f}    "
             f"{r['time_generation_s']:5.1f}  {r['time_scoring_s']:7.1f}  {train_s:7.1f}  {r['time_sync_s']:6.1f}"
+        )
+    if summary["staleness_max"] or summary["dropped_samples"] or summary["regenerated_samples"]:
+        print(
+            f"rl_cai: asynchronous: samples at most {summary['staleness_max']} version(s) old; "
+            f"{summary['dropped_samples']} dropped as too old, {summary['regenerated_samples']} sampled again"
         )
     mb = summary["sync_bytes"] / 1e6
     print(f"rl_cai: sync {mb:.0f} MB per engine in {summary['sync_seconds_mean']:.2f} s; policy in {out / 'policy'}")
