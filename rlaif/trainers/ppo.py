@@ -464,10 +464,6 @@ class PPOTrainer:
             D.load_engine_checkpoint(self.critic, Path(directory) / "critic")
         return self.step
 
-    def has_critic(self) -> bool:
-        """Whether this rank holds a value model (not under a critic-free estimator)."""
-        return self.critic is not None
-
 
 class _PolicyLoss(NamedTuple):
     """How one micro-batch's actor loss is made (see `PPOTrainer.train`)."""
