@@ -460,3 +460,29 @@ def test_critic_free_estimators_raise_a_rule_reward(
     assert last > first + 1.0, f"{estimator}: rewards did not rise: {rewards}"
     manifest = read_manifest(tmp_path / "rl_cai")
     assert manifest is not None and manifest["config"]["ppo"]["advantage"] == estimator
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_prompt_file_is_trained_on_in_file_order(tiny_model: Path, tmp_path: Path) -> None:
+    """ppo.prompt_file: iteration k samples rows k x B onwards of the file, wrapping around (B = 4, 6 rows)."""
+    from rlaif.stages.rl_cai import rl_cai_stage
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {i}."}) + "\n" for i in range(6)))
+    overrides = [
+        f"model.name={tiny_model}",
+        f"run_dir={tmp_path}",
+        f"ppo.policy={tiny_model}",
+        "ppo.reward=token_count:5",
+        f"ppo.prompt_file={data}",
+        "ppo.iterations=3",
+        "ppo.prompts_per_iteration=4",
+        "ppo.max_new_tokens=4",
+        "ppo.mini_batch_size=4",
+        "ppo.checkpoint_every=0",
+        "engine.max_model_len=256",
+    ]
+    rl_cai_stage(StageContext(_compose(overrides), tmp_path, tiny_model, NullSink()))
+    samples = list(read_jsonl(tmp_path / "rl_cai" / "samples.jsonl"))
+    order = [[s["prompt_id"] for s in samples if s["iteration"] == k] for k in range(3)]
+    assert order == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p0", "p1"], ["p2", "p3", "p4", "p5"]]
