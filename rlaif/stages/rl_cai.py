@@ -17,7 +17,8 @@ Every iteration is one pass of the algorithm (`ppo_iteration`):
    each token's loss optionally weighted by truncated importance sampling (``ppo.tis_cap``);
 7. weight sync, learner rank 0 -> every rollout engine;
 8. metrics (reward, KL, entropy, losses, the engine-vs-learner log-prob mismatch, the share of
-   unfinished responses, time split) to the sink and ``metrics.jsonl``.
+   unfinished responses, time split, and ``time_wall_s``: the wall clock from the previous
+   iteration's row to this one's, everything included) to the sink and ``metrics.jsonl``.
 
 Outputs under ``<run_dir>/rl_cai/``: ``policy/`` (Hugging Face folder), ``metrics.jsonl``
 (one row per iteration), ``samples.jsonl`` (every sampled response with its score and
@@ -30,10 +31,11 @@ iterations (``checkpoint/``, removed when the stage finishes) lets a killed run 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -266,10 +268,16 @@ def rl_cai_stage(ctx: StageContext) -> None:
             log.info("rl_cai: resumed at iteration %d from %s", start, checkpoint.path(state))
         bar = tqdm(range(start, cfg.iterations), desc="ppo", unit="iter", initial=start, total=cfg.iterations)
         rollouts = Rollouts(roles, cfg, prompts, cfg.iterations)
+        # time_wall_s: from the previous row's stamp (for the first iteration, this loop's start, also
+        # after a resume) to this row's, so it counts everything the driver does, phases or not.
+        stamp = time.perf_counter()
         for it in bar:
             result = ppo_iteration(roles, rollouts, it, kl, run)
             bar.set_postfix(reward=f"{float(result.metrics.get('reward_mean', 0.0)):.3f}")
             append_jsonl(out / "samples.jsonl", result.samples)
+            now = time.perf_counter()
+            result = replace(result, metrics={**result.metrics, "time_wall_s": now - stamp})
+            stamp = now
             append_jsonl(out / "metrics.jsonl", [result.metrics])
             _log(ctx, result, cfg.log_samples)
             if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
@@ -301,12 +309,13 @@ def _log(ctx: StageContext, result: IterationResult, n_samples: int) -> None:
 
 
 def _summary(rows: list[dict[str, Any]], startup_s: float) -> dict[str, Any]:
-    """Totals and first/last values for the manifest: the time split and how the reward moved."""
+    """Totals and first/last values for the manifest: the time split, the wall clock and how the reward moved."""
     n = max(len(rows), 1)
-    totals = {f"{k}_s": sum(r[f"time_{k}_s"] for r in rows) for k in TIME_KEYS}
+    totals = {f"{k}_s": sum(r[f"time_{k}_s"] for r in rows) for k in (*TIME_KEYS, "wall")}
     return {
         "time_total_s": totals,
         "time_per_iteration_s": {k: v / n for k, v in totals.items()},
+        "time_wall_median_s": statistics.median(r["time_wall_s"] for r in rows) if rows else None,
         "startup_s": startup_s,
         "reward_first": rows[0]["reward_mean"] if rows else None,
         "reward_last": rows[-1]["reward_mean"] if rows else None,
@@ -322,12 +331,13 @@ def _summary(rows: list[dict[str, Any]], startup_s: float) -> dict[str, Any]:
 
 
 def _print_summary(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
-    print("\nrl_cai: iteration  reward   kl      entropy  gen_s  score_s  train_s  sync_s")
+    print("\nrl_cai: iteration  reward   kl      entropy  gen_s  score_s  train_s  sync_s  wall_s")
     for r in rows:
         train_s = r["time_learner_forward_s"] + r["time_training_s"]
         print(
             f"rl_cai: {r['iteration']:9d}  {r['reward_mean']:+.3f}  {r['kl_mean']:+.3f}  {r['entropy']:.3f}    "
             f"{r['time_generation_s']:5.1f}  {r['time_scoring_s']:7.1f}  {train_s:7.1f}  {r['time_sync_s']:6.1f}"
+            f"  {r['time_wall_s']:6.1f}"
         )
     if summary["staleness_max"] or summary["dropped_samples"] or summary["regenerated_samples"]:
         print(

@@ -351,6 +351,13 @@ def test_ppo_raises_a_rule_reward(sync_rule_run: Path) -> None:
     manifest = read_manifest(tmp_path / "rl_cai")
     assert manifest is not None and manifest["counts"]["iterations"] == 10
     assert set(manifest["summary"]["time_total_s"]) >= {"generation_s", "scoring_s", "training_s", "sync_s"}
+    # The wall clock spans each whole iteration: its timed phases and all the driver does between them
+    # (the checkpoints every 3 iterations included).
+    phases = ("generation", "scoring", "learner_forward", "training", "sync")
+    for r in rows:
+        assert r["time_wall_s"] >= sum(r[f"time_{k}_s"] for k in phases), r
+    total_wall = manifest["summary"]["time_total_s"]["wall_s"]
+    assert total_wall == pytest.approx(sum(r["time_wall_s"] for r in rows))
     assert (tmp_path / "rl_cai" / "policy" / "model.safetensors").is_file()
     assert not (tmp_path / "rl_cai" / "checkpoint").exists()
 
