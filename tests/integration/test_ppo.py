@@ -412,7 +412,8 @@ def test_async_rollout_keeps_the_staleness_bound_and_learns_as_the_synchronous_l
         ("grpo", ["ppo.kl_in=loss", "ppo.kl_estimator=k3", "ppo.kl_coef=0.01", "ppo.loss_agg=seq_mean"]),
         # RLOO with Dr. GRPO's constant-length normalisation.
         ("rloo", ["ppo.loss_agg=seq_sum"]),
-        ("reinforce_pp", []),
+        # REINFORCE++ on a prompt file read in file order (ppo.prompt_file), six prompts wrapping around.
+        ("reinforce_pp", ["prompt_file"]),
     ],
 )
 def test_critic_free_estimators_raise_a_rule_reward(
@@ -422,6 +423,13 @@ def test_critic_free_estimators_raise_a_rule_reward(
     from rlaif.stages.rl_cai import rl_cai_stage
 
     policy, token = _policy_that_sometimes_says(tiny_model, tmp_path / "policy", " the", p_target=0.05)
+    file_ids: list[str] = []
+    if "prompt_file" in extra:
+        records = load_prompts("builtin:red_team")[:6]
+        file_ids = [p.id for p in records]
+        data = tmp_path / "prompts.jsonl"
+        data.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n" for p in records))
+        extra = [f"ppo.prompt_file={data}"]
     overrides = [
         f"model.name={policy}",
         f"run_dir={tmp_path}",
@@ -461,35 +469,11 @@ def test_critic_free_estimators_raise_a_rule_reward(
     for it in range(8):
         prompts = [s["prompt_id"] for s in samples if s["iteration"] == it]
         assert all(len(set(prompts[g : g + 4])) == 1 for g in range(0, 16, 4))
+        if file_ids:  # iteration k takes the file's rows 4k .. 4k + 3, wrapping around after the sixth
+            assert prompts[::4] == [file_ids[(4 * it + j) % 6] for j in range(4)], (it, prompts[::4])
     rewards = [sum(s["score"] for s in samples if s["iteration"] == i) / 16 for i in range(8)]
     # Measured: grpo 1.4 -> 3.1, rloo 2.3 -> 7.0, reinforce_pp 2.5 -> 5.4 tokens per response.
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
     assert last > first + 1.0, f"{estimator}: rewards did not rise: {rewards}"
     manifest = read_manifest(tmp_path / "rl_cai")
     assert manifest is not None and manifest["config"]["ppo"]["advantage"] == estimator
-
-
-@pytest.mark.usefixtures("ray_cluster")
-def test_a_prompt_file_is_trained_on_in_file_order(tiny_model: Path, tmp_path: Path) -> None:
-    """ppo.prompt_file: iteration k samples rows k x B onwards of the file, wrapping around (B = 4, 6 rows)."""
-    from rlaif.stages.rl_cai import rl_cai_stage
-
-    data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {i}."}) + "\n" for i in range(6)))
-    overrides = [
-        f"model.name={tiny_model}",
-        f"run_dir={tmp_path}",
-        f"ppo.policy={tiny_model}",
-        "ppo.reward=token_count:5",
-        f"ppo.prompt_file={data}",
-        "ppo.iterations=3",
-        "ppo.prompts_per_iteration=4",
-        "ppo.max_new_tokens=4",
-        "ppo.mini_batch_size=4",
-        "ppo.checkpoint_every=0",
-        "engine.max_model_len=256",
-    ]
-    rl_cai_stage(StageContext(_compose(overrides), tmp_path, tiny_model, NullSink()))
-    samples = list(read_jsonl(tmp_path / "rl_cai" / "samples.jsonl"))
-    order = [[s["prompt_id"] for s in samples if s["iteration"] == k] for k in range(3)]
-    assert order == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p0", "p1"], ["p2", "p3", "p4", "p5"]]
