@@ -1,7 +1,7 @@
 """Run rlaif's benchmarks and write bench/results/: results.json, results.md and PNG plots.
 
     bash bench/setup.sh                    # once: matplotlib, and the TRL baseline's venv bench/.venv-trl
-    python -m bench                        # every benchmark, default size (~75 min on 2 idle cores)
+    python -m bench                        # every benchmark, default size (~2 h on 2 idle cores)
     python -m bench --quick                # smoke size (a few minutes)
     python -m bench --only generation,judge
     python -m bench --device cuda --model smollm2-135m-random --only roofline,generation,sync
@@ -24,8 +24,9 @@ from pathlib import Path
 from bench.common import EMBEDDED, ROOT, Settings, log, machine_info
 
 BENCHMARKS = ("roofline", "generation", "judge", "reward", "ppo", "estimators", "sync")
-# Benchmarks that need more than the default --timeout at full size: 18 pipeline processes for estimators.
-LONG_RUNNING = {"estimators": 3600}
+# Benchmarks that need more than the default --timeout at full size: 18 pipeline processes for estimators,
+# 12 for ppo (2 settings x 3 runs x 2 sides, ~50 min).
+LONG_RUNNING = {"estimators": 3600, "ppo": 5400}
 
 
 def main() -> int:
@@ -41,7 +42,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3; quick 1)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results[/gpu])")
     parser.add_argument(
-        "--timeout", type=int, default=1800, help="seconds per benchmark before it is stopped (estimators: >= 3600)"
+        "--timeout",
+        type=int,
+        default=1800,
+        help="seconds per benchmark before it is stopped (estimators: >= 3600, ppo: >= 5400)",
     )
     args = parser.parse_args()
     only = [b.strip() for b in args.only.split(",") if b.strip()]

@@ -38,7 +38,8 @@ class Settings:
     rm_batch: int = 4
     rm_steps: int = 8
     rm_max_len: int = 256
-    ppo_iterations: int = 7
+    # PPO (bench/ppo.py): iterations per run (two update settings x `repeats` runs x two sides).
+    ppo_iterations: int = 5
     # The first iterations of each side, reported apart (as start-up is): memory is being faulted in.
     ppo_warmup: int = 2
     ppo_batch: int = 8

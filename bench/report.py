@@ -265,62 +265,112 @@ def _ppo(r: dict[str, Any], out: Path) -> list[str]:
     md = ["## 4. PPO iteration", ""]
     if not r or _status(r):
         return [*md, _status(r) or "_not run_", ""]
-    md.append(r.get("setup", ""))
-    md.append("")
-    sides = [s for s in ("rlaif", "trl") if isinstance(r.get(s), dict) and "split_s" in r[s]]
-    rows = []
-    for ph in (*PPO_PHASES, "other", "total"):
-        rows.append([ph, *[r[s]["split_s"].get(ph) if ph != "total" else r[s]["iteration_s"] for s in sides]])
+    if "settings" not in r:
+        return [*md, "_results from an older format: rerun `python -m bench --only ppo`_", ""]
+    md += [r.get("setup", ""), ""]
     n_warm = r.get("warmup_iterations") or 0
-    what = f"median s per iteration after {n_warm} warm-up" if n_warm else "median s per iteration"
-    md += _table([f"phase ({what})", *sides], rows)
-    for s in ("rlaif", "trl"):
-        if isinstance(r.get(s), dict) and _status(r[s]):
-            md.append(f"- {s}: {_status(r[s])}")
-    for s in sides:
-        if shares := r[s].get("cpu_shares"):
-            md.append(
-                f"- {s}: CPU {100 * shares['busy']:.0f}% busy, {100 * shares['steal']:.1f}% stolen by the host "
-                "over its whole run (start-up included)"
-            )
-    warmup = {s: r[s].get("warmup_iteration_s") for s in sides if r[s].get("warmup_iteration_s")}
-    if warmup:
-        md += [f"- {s}: warm-up iterations {', '.join(f'{x:.1f}' for x in v)} s" for s, v in warmup.items()]
-    if len(sides) == 2:
-        every = ""
-        if n_warm and "iteration_s_all" in r["trl"] and "iteration_s_all" in r["rlaif"]:
-            every = (
-                f"; median over every iteration, warm-up included: "
-                f"{_ratio(r['trl']['iteration_s_all'], r['rlaif']['iteration_s_all'])}"
-            )
-        md += [
-            *([""] if md[-1] else []),
-            f"TRL / rlaif seconds per iteration: **{_ratio(r['trl']['iteration_s'], r['rlaif']['iteration_s'])}** "
-            f"(> 1: rlaif faster{every})",
-            "",
+    steady = f"median wall s per iteration after {n_warm} warm-up" if n_warm else "median wall s per iteration"
+    for key, setting in r["settings"].items():
+        md += [f"### {setting['label']}" + (": the headline" if key == r.get("headline") else ""), ""]
+        runs = setting["runs"]
+        rows = [
+            [
+                f"run {run['run'] + 1} ({run['first']} first)",
+                run["rlaif"]["iteration_s"],
+                run["trl"]["iteration_s"],
+                f"{run['ratio_trl_over_rlaif']:.2f}×",
+                ", ".join(f"{x:.1f}" for x in run["rlaif"].get("warmup_iteration_s", [])) or "—",
+                ", ".join(f"{x:.1f}" for x in run["trl"].get("warmup_iteration_s", [])) or "—",
+                _shares(run["rlaif"]),
+                _shares(run["trl"]),
+                "yes" if run.get("same_prompt_rows") else "**no**",
+            ]
+            for run in runs
         ]
-    md += ["![PPO time split](ppo_split.png)", ""]
+        for stat, pick in (("min", min), ("median", _median), ("max", max)):
+            ratio = f"{setting[f'ratio_{stat}']:.2f}×"
+            rows.append(
+                [
+                    f"**{stat}**" if stat == "median" else stat,
+                    pick([run["rlaif"]["iteration_s"] for run in runs]),
+                    pick([run["trl"]["iteration_s"] for run in runs]),
+                    f"**{ratio}**" if stat == "median" else ratio,
+                    *[""] * 5,
+                ]
+            )
+        md += _table(
+            [
+                "",
+                f"rlaif ({steady})",
+                "TRL",
+                "TRL / rlaif (> 1: rlaif faster)",
+                "rlaif warm-up s",
+                "TRL warm-up s",
+                "rlaif CPU busy / stolen",
+                "TRL CPU busy / stolen",
+                "same prompt rows",
+            ],
+            rows,
+        )
+        median_run = setting["runs"][setting["median_run"]]
+        md += [f"Phase split of the median run (run {setting['median_run'] + 1}), {steady}:", ""]
+        md += _table(
+            ["phase", "rlaif", "TRL"],
+            [
+                [ph, median_run["rlaif"]["split_s"].get(ph), median_run["trl"]["split_s"].get(ph)]
+                for ph in (*PPO_PHASES, "other")
+            ]
+            + [["wall clock", median_run["rlaif"]["iteration_s"], median_run["trl"]["iteration_s"]]],
+        )
+    md += [
+        "CPU shares are the machine's over each side's whole process, start-up included. TRL's training phase is "
+        "the rest of its iteration (its logging and clean-up included); rlaif's other is the wall clock beyond its "
+        "phase timers (statistics, KL control, logging, metrics files).",
+        "",
+        "![PPO time split](ppo_split.png)",
+        "",
+    ]
+    _ppo_plot(r, out)
+    return md
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return float(statistics.median(values))
+
+
+def _shares(side: dict[str, Any]) -> str:
+    shares = side.get("cpu_shares")
+    return f"{100 * shares['busy']:.0f}% / {100 * shares['steal']:.1f}%" if shares else "—"
+
+
+def _ppo_plot(r: dict[str, Any], out: Path) -> None:
+    """Stacked phase bars of each setting's median run, rlaif and TRL side by side."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 4))
-        bottoms = [0.0] * len(sides)
-        for ph in (*PPO_PHASES, "other"):
-            vals = [r[s]["split_s"].get(ph) or 0.0 for s in sides]
-            ax.bar(sides, vals, bottom=bottoms, label=ph)
-            bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
-        ax.set_ylabel("seconds per PPO iteration")
-        ax.set_title("PPO time split")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "ppo_split.png", dpi=110)
-        plt.close(fig)
     except ImportError:
-        pass
-    return md
+        return
+    bars: list[tuple[str, dict[str, float]]] = []
+    for setting in r["settings"].values():
+        median_run = setting["runs"][setting["median_run"]]
+        for side, name in (("rlaif", "rlaif"), ("trl", "TRL")):
+            bars.append((f"{name}\n{setting['ppo_epochs']} ep.", median_run[side]["split_s"]))
+    fig, ax = plt.subplots(figsize=(1.4 * len(bars) + 1, 4))
+    bottoms = [0.0] * len(bars)
+    for ph in (*PPO_PHASES, "other"):
+        vals = [split.get(ph) or 0.0 for _, split in bars]
+        ax.bar([label for label, _ in bars], vals, bottom=bottoms, label=ph)
+        bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
+    ax.set_ylabel("wall seconds per PPO iteration")
+    ax.set_title("PPO time split (median run of each setting)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "ppo_split.png", dpi=110)
+    plt.close(fig)
 
 
 def _estimators(r: dict[str, Any]) -> list[str]:

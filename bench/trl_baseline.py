@@ -8,10 +8,15 @@ a JSONL data file written by the rlaif side (bench/reward.py, bench/ppo.py), so 
 read the same data.
 
 - reward: `trl.RewardTrainer` on conversational chosen/rejected pairs; per-step times from a callback.
-- ppo: `trl.experimental.ppo.PPOTrainer` (removed from TRL after 1.12.0); the time split comes
-  from wrapping the trainer module's `batch_generation` (generation), `get_reward` on the reward
-  model (scoring), `forward` without gradients and `get_reward` on the value model (learner
-  forward); training is the rest of each iteration, whose ends come from a callback.
+- ppo: `trl.experimental.ppo.PPOTrainer` (removed from TRL after 1.12.0), reading the prompt
+  file in file order (its own dataloader shuffles; it is replaced by an unshuffled one) with
+  ``torch.set_num_threads(threads)``. An iteration lasts from one ``on_step_end`` callback to
+  the next (the first from ``on_train_begin``): the trainer's whole loop, its logging, clean-up
+  and garbage collection included. The time split comes from wrapping the trainer module's
+  `batch_generation` (generation), `get_reward` on the reward model (scoring), `forward`
+  without gradients and `get_reward` on the value model (learner forward); training is the
+  rest of each iteration. The file rows each iteration generated for are recorded, so the
+  caller can check both sides saw the same batches.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def reward(cfg: dict[str, Any]) -> dict[str, Any]:
 def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     from datasets import Dataset
+    from torch.utils.data import DataLoader
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -113,6 +119,7 @@ def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as mod
 
+    torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"], padding_side="left")
     if tokenizer.pad_token is None:
@@ -128,15 +135,18 @@ def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
     ]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     data = Dataset.from_dict({"input_ids": ids})
+    row_of = {tuple(x): i for i, x in enumerate(ids)}
     b, micro = cfg["batch"], cfg["micro_batch"]
     args = PPOConfig(
         output_dir=cfg["out_dir"],
         per_device_train_batch_size=micro,
+        # TRL 1.12's batch is micro x accumulation steps, and its accelerator steps the optimizer once per that
+        # many micro-batches: one step per mini-batch only with num_mini_batches=1, as in both settings here.
         gradient_accumulation_steps=b // micro,
-        num_mini_batches=1,
+        num_mini_batches=cfg["mini_batches"],
         total_episodes=b * cfg["iterations"],
         local_rollout_forward_batch_size=b,
-        num_ppo_epochs=1,
+        num_ppo_epochs=cfg["ppo_epochs"],
         response_length=cfg["new_tokens"],
         temperature=1.0,
         stop_token="eos",
@@ -154,6 +164,7 @@ def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
     phases = {"generation": 0.0, "scoring": 0.0, "learner_forward": 0.0}
     iters: list[dict[str, float]] = []
     response_tokens: list[float] = []
+    rows_seen: list[list[int]] = []
 
     def wrap(fn: Any, pick: Any) -> Any:
         def inner(*a: Any, **kw: Any) -> Any:
@@ -175,7 +186,15 @@ def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
         query_responses = out[0]
         resp = query_responses[:, a[1].shape[1] :]
         response_tokens.append(float((resp != tokenizer.pad_token_id).sum()) / resp.shape[0])
+        rows_seen.append([file_row(q) for q in a[1].tolist()])
         return out
+
+    def file_row(query: list[int]) -> int:
+        """The prompt file's row of a left-padded query (-1: none)."""
+        start = 0
+        while start < len(query) and query[start] == tokenizer.pad_token_id:
+            start += 1
+        return row_of.get(tuple(query[start:]), -1)
 
     mod.batch_generation = timed_generation
     mod.get_reward = wrap(mod.get_reward, lambda a: "scoring" if a[0] is rm else "learner_forward")
@@ -207,6 +226,17 @@ def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
         value_model=value,
         callbacks=[Split()],
     )
+    # In file order, as rlaif's ppo.prompt_file: the trainer built DataLoader(shuffle=True, drop_last=True)
+    # and its loop reads self.dataloader; the same loader unshuffled, prepared by the same accelerator.
+    trainer.dataloader = trainer.accelerator.prepare(
+        DataLoader(
+            data,
+            batch_size=trainer.local_dataloader_batch_size,
+            shuffle=False,
+            collate_fn=trainer.data_collator,
+            drop_last=True,
+        )
+    )
     started = time.perf_counter()
     trainer.train()
     return {
@@ -214,6 +244,9 @@ def ppo(cfg: dict[str, Any]) -> dict[str, Any]:
         "train_wall_s": time.perf_counter() - started,
         "response_tokens_mean": statistics.mean(response_tokens) if response_tokens else None,
         "torch_threads": torch.get_num_threads(),
+        "ppo_epochs": args.num_ppo_epochs,
+        "num_mini_batches": args.num_mini_batches,
+        "rows_per_iteration": rows_seen,
     }
 
 

@@ -405,13 +405,17 @@ class PPOConfig:
     reward: str = "reward_model"
     # PPO iterations: sample, score, update, sync.
     iterations: int = 3
-    # Training prompts per iteration (sl_cai's red-team and helpful sources, minus its held-out split).
+    # Training prompts per iteration (from sl_cai's sources minus their held-out split, or prompt_file).
     prompts_per_iteration: int = 8
     # Share of each iteration's prompts drawn from the helpfulness prompts (0: red-team only).
     helpful_fraction: float = 0.0
     # Share drawn from the sensitive-but-benign prompts (sl_cai.sensitive's training split), so the
     # policy meets requests where the reward model wants a caring answer, not a refusal.
     sensitive_fraction: float = 0.0
+    # A prompt file (.jsonl, .parquet, .txt, an hh-rlhf .json, or builtin:<set>) to train on instead of
+    # that mix, in file order: iteration k takes its prompts k x prompts_per_iteration onwards, wrapping
+    # around at the end. All of it trains (no held-out split is taken). null: the mix above.
+    prompt_file: str | None = None
     # Responses sampled per prompt (grpo and rloo compare a prompt's responses: >= 2).
     samples_per_prompt: int = 1
     # Advantage estimator. gae: PPO with a value model (critic) and GAE; the critic-free ones train
@@ -565,6 +569,13 @@ class PPOConfig:
             raise ValueError(
                 f"ppo: prompts_per_iteration x samples_per_prompt = {samples} "
                 f"must be a multiple of mini_batch_size ({self.mini_batch_size})"
+            )
+        if self.prompt_file is not None and not self.prompt_file.strip():
+            raise ValueError("ppo.prompt_file must name a file, or be null (the red-team/helpful/sensitive mix)")
+        if self.prompt_file and (self.helpful_fraction or self.sensitive_fraction):
+            raise ValueError(
+                f"ppo.prompt_file={self.prompt_file} replaces the prompt mix, so ppo.helpful_fraction and "
+                f"ppo.sensitive_fraction must be 0 with it; got {self.helpful_fraction} and {self.sensitive_fraction}"
             )
         if self.missing_eos_penalty > 0:
             raise ValueError(f"ppo.missing_eos_penalty must be <= 0 (0: off), got {self.missing_eos_penalty}")

@@ -56,6 +56,11 @@ def check_inputs(run: RunConfig, run_dir: Path, model_path: Path) -> None:
         # PPO and evaluation read sl_cai's sources too: their lines must parse and hold records.
         load_prompts(run.sl_cai.red_team, data_dir=run.sl_cai.red_team_data_dir)
         load_prompts(run.sl_cai.helpful, data_dir=run.sl_cai.helpful_data_dir)
+    if "rl_cai" in pending and run.ppo.prompt_file:
+        from rlaif.stages.ppo_prompts import load_prompt_file
+
+        records = load_prompt_file(run.ppo.prompt_file)
+        datasets.append((f"ppo.prompt_file={run.ppo.prompt_file}", records, run.ppo.max_new_tokens, ()))
     if "preferences" in pending:
         from rlaif.stages.preferences import select_prompts
 

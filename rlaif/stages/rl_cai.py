@@ -2,7 +2,8 @@
 
 Every iteration is one pass of the algorithm (`ppo_iteration`):
 
-1. take a batch of training prompts (red-team, plus a share of helpfulness prompts);
+1. take a batch of training prompts (red-team, plus shares of helpfulness and sensitive prompts;
+   or ``ppo.prompt_file``'s next rows, in file order: `rlaif.stages.ppo_prompts`);
 2. the rollout engines sample responses with their sampling log-probs; each sample records
    its policy version and whether it finished (an end of sequence before ``ppo.max_new_tokens``);
 3. the reward scorers score them (the reward model, or a registered rule reward); a response
@@ -16,7 +17,8 @@ Every iteration is one pass of the algorithm (`ppo_iteration`):
    each token's loss optionally weighted by truncated importance sampling (``ppo.tis_cap``);
 7. weight sync, learner rank 0 -> every rollout engine;
 8. metrics (reward, KL, entropy, losses, the engine-vs-learner log-prob mismatch, the share of
-   unfinished responses, time split) to the sink and ``metrics.jsonl``.
+   unfinished responses, time split, and ``time_wall_s``: the wall clock from the previous
+   iteration's row to this one's, everything included) to the sink and ``metrics.jsonl``.
 
 Outputs under ``<run_dir>/rl_cai/``: ``policy/`` (Hugging Face folder), ``metrics.jsonl``
 (one row per iteration), ``samples.jsonl`` (every sampled response with its score and
@@ -29,10 +31,11 @@ iterations (``checkpoint/``, removed when the stage finishes) lets a killed run 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,10 +47,9 @@ from rlaif.core.advantages import AdaptiveKLController, FixedKLController, KLCon
 from rlaif.core.experience import collate_rollouts, experience_stats, make_experience
 from rlaif.core.io import append_jsonl, read_jsonl, write_manifest
 from rlaif.core.losses import logprob_mismatch, truncated_is_weights
-from rlaif.core.prompts import PromptRecord, load_prompts, split_train_heldout
 from rlaif.core.rewards import RewardSample, apply_missing_eos_penalty
-from rlaif.core.schedule import cycled_batches
 from rlaif.stages.pipeline import StageContext
+from rlaif.stages.ppo_prompts import train_prompts
 from rlaif.stages.ppo_roles import PPORoles, model_paths
 from rlaif.stages.ppo_rollouts import Rollouts, Sample
 from rlaif.stages.ppo_state import Checkpoint, fingerprint, keep_iterations_before
@@ -56,47 +58,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "rl_cai"
 TIME_KEYS = ("generation", "scoring", "learner_forward", "training", "sync")
-
-
-@dataclass(frozen=True)
-class TrainPrompts:
-    """The training splits of the red-team, helpfulness and sensitive prompts, and how many of each per iteration."""
-
-    red_team: tuple[PromptRecord, ...]
-    helpful: tuple[PromptRecord, ...]
-    n_red_team: int
-    n_helpful: int
-    sensitive: tuple[PromptRecord, ...] = ()
-    n_sensitive: int = 0
-
-    @classmethod
-    def load(cls, run: RunConfig) -> TrainPrompts:
-        """sl_cai's prompt sources minus its held-out split, which only the evaluate stage sees."""
-        s, cfg = run.sl_cai, run.ppo
-        red_team, _ = split_train_heldout(
-            load_prompts(s.red_team, data_dir=s.red_team_data_dir), s.heldout_fraction, run.seed
-        )
-        n_helpful = round(cfg.helpful_fraction * cfg.prompts_per_iteration)
-        n_sensitive = round(cfg.sensitive_fraction * cfg.prompts_per_iteration)
-        helpful: tuple[PromptRecord, ...] = ()
-        sensitive: tuple[PromptRecord, ...] = ()
-        if n_helpful:
-            all_helpful = load_prompts(s.helpful, data_dir=s.helpful_data_dir)
-            helpful, _ = split_train_heldout(all_helpful, s.heldout_fraction, run.seed)
-        if n_sensitive:
-            all_sensitive = load_prompts(s.sensitive, data_dir=s.sensitive_data_dir)
-            sensitive, _ = split_train_heldout(all_sensitive, s.heldout_fraction, run.seed)
-        n_red_team = cfg.prompts_per_iteration - n_helpful - n_sensitive
-        return cls(red_team, helpful, n_red_team, n_helpful, sensitive, n_sensitive)
-
-    def batch(self, iteration: int, seed: int) -> list[PromptRecord]:
-        """Iteration `iteration`'s prompts: reshuffled passes over each pool, a pure function of the index."""
-        chosen: list[PromptRecord] = []
-        pools = ((self.red_team, self.n_red_team), (self.helpful, self.n_helpful), (self.sensitive, self.n_sensitive))
-        for pool, n in pools:
-            if n:
-                chosen += cycled_batches(pool, n, iteration + 1, seed)[iteration]
-        return chosen
 
 
 @dataclass
@@ -289,7 +250,7 @@ def rl_cai_stage(ctx: StageContext) -> None:
     """The stage: PPO iterations with checkpoints, then the policy folder, metrics and manifest."""
     run, cfg, out = ctx.run, ctx.run.ppo, ctx.stage_dir(STAGE)
     paths = model_paths(run, ctx.run_dir, ctx.base_model)
-    prompts = TrainPrompts.load(run)
+    prompts = train_prompts(run)
     checkpoint = Checkpoint(out / "checkpoint", fingerprint(run, paths))
     state = checkpoint.load()
     start = state.iteration if state else 0
@@ -306,11 +267,17 @@ def rl_cai_stage(ctx: StageContext) -> None:
             roles.sync.push(start)
             log.info("rl_cai: resumed at iteration %d from %s", start, checkpoint.path(state))
         bar = tqdm(range(start, cfg.iterations), desc="ppo", unit="iter", initial=start, total=cfg.iterations)
-        rollouts = Rollouts(roles, cfg, lambda k: prompts.batch(k, run.seed), cfg.iterations)
+        rollouts = Rollouts(roles, cfg, prompts, cfg.iterations)
+        # time_wall_s: from the previous row's stamp (for the first iteration, this loop's start, also
+        # after a resume) to this row's, so it counts everything the driver does, phases or not.
+        stamp = time.perf_counter()
         for it in bar:
             result = ppo_iteration(roles, rollouts, it, kl, run)
             bar.set_postfix(reward=f"{float(result.metrics.get('reward_mean', 0.0)):.3f}")
             append_jsonl(out / "samples.jsonl", result.samples)
+            now = time.perf_counter()
+            result = replace(result, metrics={**result.metrics, "time_wall_s": now - stamp})
+            stamp = now
             append_jsonl(out / "metrics.jsonl", [result.metrics])
             _log(ctx, result, cfg.log_samples)
             if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
@@ -342,12 +309,13 @@ def _log(ctx: StageContext, result: IterationResult, n_samples: int) -> None:
 
 
 def _summary(rows: list[dict[str, Any]], startup_s: float) -> dict[str, Any]:
-    """Totals and first/last values for the manifest: the time split and how the reward moved."""
+    """Totals and first/last values for the manifest: the time split, the wall clock and how the reward moved."""
     n = max(len(rows), 1)
-    totals = {f"{k}_s": sum(r[f"time_{k}_s"] for r in rows) for k in TIME_KEYS}
+    totals = {f"{k}_s": sum(r[f"time_{k}_s"] for r in rows) for k in (*TIME_KEYS, "wall")}
     return {
         "time_total_s": totals,
         "time_per_iteration_s": {k: v / n for k, v in totals.items()},
+        "time_wall_median_s": statistics.median(r["time_wall_s"] for r in rows) if rows else None,
         "startup_s": startup_s,
         "reward_first": rows[0]["reward_mean"] if rows else None,
         "reward_last": rows[-1]["reward_mean"] if rows else None,
@@ -363,12 +331,13 @@ def _summary(rows: list[dict[str, Any]], startup_s: float) -> dict[str, Any]:
 
 
 def _print_summary(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
-    print("\nrl_cai: iteration  reward   kl      entropy  gen_s  score_s  train_s  sync_s")
+    print("\nrl_cai: iteration  reward   kl      entropy  gen_s  score_s  train_s  sync_s  wall_s")
     for r in rows:
         train_s = r["time_learner_forward_s"] + r["time_training_s"]
         print(
             f"rl_cai: {r['iteration']:9d}  {r['reward_mean']:+.3f}  {r['kl_mean']:+.3f}  {r['entropy']:.3f}    "
             f"{r['time_generation_s']:5.1f}  {r['time_scoring_s']:7.1f}  {train_s:7.1f}  {r['time_sync_s']:6.1f}"
+            f"  {r['time_wall_s']:6.1f}"
         )
     if summary["staleness_max"] or summary["dropped_samples"] or summary["regenerated_samples"]:
         print(

@@ -351,6 +351,13 @@ def test_ppo_raises_a_rule_reward(sync_rule_run: Path) -> None:
     manifest = read_manifest(tmp_path / "rl_cai")
     assert manifest is not None and manifest["counts"]["iterations"] == 10
     assert set(manifest["summary"]["time_total_s"]) >= {"generation_s", "scoring_s", "training_s", "sync_s"}
+    # The wall clock spans each whole iteration: its timed phases and all the driver does between them
+    # (the checkpoints every 3 iterations included).
+    phases = ("generation", "scoring", "learner_forward", "training", "sync")
+    for r in rows:
+        assert r["time_wall_s"] >= sum(r[f"time_{k}_s"] for k in phases), r
+    total_wall = manifest["summary"]["time_total_s"]["wall_s"]
+    assert total_wall == pytest.approx(sum(r["time_wall_s"] for r in rows))
     assert (tmp_path / "rl_cai" / "policy" / "model.safetensors").is_file()
     assert not (tmp_path / "rl_cai" / "checkpoint").exists()
 
@@ -405,7 +412,8 @@ def test_async_rollout_keeps_the_staleness_bound_and_learns_as_the_synchronous_l
         ("grpo", ["ppo.kl_in=loss", "ppo.kl_estimator=k3", "ppo.kl_coef=0.01", "ppo.loss_agg=seq_mean"]),
         # RLOO with Dr. GRPO's constant-length normalisation.
         ("rloo", ["ppo.loss_agg=seq_sum"]),
-        ("reinforce_pp", []),
+        # REINFORCE++ on a prompt file read in file order (ppo.prompt_file), six prompts wrapping around.
+        ("reinforce_pp", ["prompt_file"]),
     ],
 )
 def test_critic_free_estimators_raise_a_rule_reward(
@@ -415,6 +423,13 @@ def test_critic_free_estimators_raise_a_rule_reward(
     from rlaif.stages.rl_cai import rl_cai_stage
 
     policy, token = _policy_that_sometimes_says(tiny_model, tmp_path / "policy", " the", p_target=0.05)
+    file_ids: list[str] = []
+    if "prompt_file" in extra:
+        records = load_prompts("builtin:red_team")[:6]
+        file_ids = [p.id for p in records]
+        data = tmp_path / "prompts.jsonl"
+        data.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n" for p in records))
+        extra = [f"ppo.prompt_file={data}"]
     overrides = [
         f"model.name={policy}",
         f"run_dir={tmp_path}",
@@ -454,6 +469,8 @@ def test_critic_free_estimators_raise_a_rule_reward(
     for it in range(8):
         prompts = [s["prompt_id"] for s in samples if s["iteration"] == it]
         assert all(len(set(prompts[g : g + 4])) == 1 for g in range(0, 16, 4))
+        if file_ids:  # iteration k takes the file's rows 4k .. 4k + 3, wrapping around after the sixth
+            assert prompts[::4] == [file_ids[(4 * it + j) % 6] for j in range(4)], (it, prompts[::4])
     rewards = [sum(s["score"] for s in samples if s["iteration"] == i) / 16 for i in range(8)]
     # Measured: grpo 1.4 -> 3.1, rloo 2.3 -> 7.0, reinforce_pp 2.5 -> 5.4 tokens per response.
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2

@@ -72,8 +72,8 @@ def test_sl_cai_method_defaults_to_context_distillation_and_names_the_choices() 
 
 def test_no_training_stage_reads_the_held_out_prompts() -> None:
     from rlaif.core.prompts import load_prompts, split_train_heldout
+    from rlaif.stages.ppo_prompts import TrainPrompts
     from rlaif.stages.preferences import select_sensitive_prompts
-    from rlaif.stages.rl_cai import TrainPrompts
     from rlaif.stages.sl_cai import helpful_prompts, red_team_prompts, sensitive_prompts
 
     big = 10_000
@@ -100,7 +100,7 @@ def test_no_training_stage_reads_the_held_out_prompts() -> None:
 
 
 def test_ppo_batches_draw_their_shares_of_helpful_and_sensitive_prompts() -> None:
-    from rlaif.stages.rl_cai import TrainPrompts
+    from rlaif.stages.ppo_prompts import TrainPrompts
 
     run = compose_run(["ppo.prompts_per_iteration=8", "ppo.helpful_fraction=0.25", "ppo.sensitive_fraction=0.25"])
     prompts = TrainPrompts.load(run)

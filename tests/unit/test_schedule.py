@@ -1,8 +1,8 @@
-"""Cycled, reshuffled batches: counts, coverage per pass, determinism."""
+"""Cycled batches, reshuffled or in order: counts, coverage per pass, wrap-around, determinism."""
 
 import pytest
 
-from rlaif.core.schedule import cycled_batches, pass_order
+from rlaif.core.schedule import cycled_batches, in_order_batch, pass_order
 
 
 def test_each_pass_is_a_permutation_and_passes_differ() -> None:
@@ -31,3 +31,29 @@ def test_a_set_smaller_than_a_batch_repeats_and_bad_arguments_fail() -> None:
         cycled_batches([], 1, 1, 0)
     with pytest.raises(ValueError, match=">= 1"):
         cycled_batches(["x"], 0, 1, 0)
+
+
+def test_in_order_batches_follow_the_items_and_wrap_around() -> None:
+    items = list("abcde")
+    # B = 2 over 5 items: batch k starts at item 2k mod 5, so batch 2 spans the end and the start.
+    assert [in_order_batch(items, 2, k) for k in range(5)] == [
+        ["a", "b"],
+        ["c", "d"],
+        ["e", "a"],
+        ["b", "c"],
+        ["d", "e"],
+    ]
+    # After len(items) batches the sequence repeats (10 items read = two whole passes).
+    assert in_order_batch(items, 2, 5) == ["a", "b"]
+    # A set smaller than a batch repeats within it, in order.
+    assert in_order_batch(["x", "y"], 5, 0) == ["x", "y", "x", "y", "x"]
+    assert in_order_batch(["x", "y"], 5, 1) == ["y", "x", "y", "x", "y"]
+
+
+def test_in_order_batch_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="no items"):
+        in_order_batch([], 1, 0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        in_order_batch(["x"], 0, 0)
+    with pytest.raises(ValueError, match="index >= 0"):
+        in_order_batch(["x"], 1, -1)
