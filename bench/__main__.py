@@ -26,7 +26,7 @@ from bench.common import EMBEDDED, ROOT, Settings, log, machine_info
 BENCHMARKS = ("roofline", "generation", "judge", "reward", "ppo", "estimators", "sync")
 # Benchmarks that need more than the default --timeout at full size: 18 pipeline processes for estimators,
 # 12 for ppo (2 settings x 3 runs x 2 sides, ~50 min).
-LONG_RUNNING = {"estimators": 3600, "ppo": 5400}
+LONG_RUNNING = {"estimators": 5400, "ppo": 5400}
 
 
 def main() -> int:
@@ -45,7 +45,7 @@ def main() -> int:
         "--timeout",
         type=int,
         default=1800,
-        help="seconds per benchmark before it is stopped (estimators: >= 3600, ppo: >= 5400)",
+        help="seconds per benchmark before it is stopped (estimators and ppo: >= 5400)",
     )
     args = parser.parse_args()
     only = [b.strip() for b in args.only.split(",") if b.strip()]

@@ -68,6 +68,8 @@ def run(s: Settings) -> dict[str, Any]:
             }
             side = summarise(with_cpu_shares(functools.partial(run_rlaif, s, policy, rm, work, settings)), s.est_warmup)
             runs[name].append(side)
+            if "iteration_s" in side:  # in the log too, so a benchmark stopped by its time limit leaves its figures
+                log(f"estimators: {name}: {side['iteration_s']:.2f} s/iteration, split {side['split_s']}")
             if "error" in side:
                 return {"error": f"{name}: {side['error']}", "log_tail": side.get("log_tail")}
     result: dict[str, Any] = {
