@@ -156,9 +156,11 @@ def expected_rows(shape: Shape) -> list[list[int]]:
     return [list(range(k * shape.prompts, (k + 1) * shape.prompts)) for k in range(shape.iterations)]
 
 
-def run_rlaif_side(s: Settings, shape: Shape, policy: Path, rm: Path, work: Path, prompts: list[str]) -> dict[str, Any]:
-    """One rl_cai run; each iteration's total is its ``time_wall_s``, and its prompts are read back."""
-    side = run_rlaif(s, policy, rm, work, rlaif_overrides(shape, work / "prompts.jsonl"))
+def run_rlaif_side(
+    s: Settings, shape: Shape, policy: Path, rm: Path, work: Path, data: Path, prompts: list[str]
+) -> dict[str, Any]:
+    """One rl_cai run on `data` (holding `prompts`); iteration totals are ``time_wall_s``, prompts read back."""
+    side = run_rlaif(s, policy, rm, work, rlaif_overrides(shape, data))
     if "iterations" not in side:
         return side
     run_dir = next(Path(o.split("=", 1)[1]) for o in side["overrides"] if o.startswith("run_dir="))
@@ -244,7 +246,7 @@ def run(s: Settings) -> dict[str, Any]:
     prompts = write_prompts(data, shape.prompts * shape.iterations)
     cfg = trl_config(shape, policy, rm, data, work, s.device)
     sides = {
-        "rlaif": functools.partial(run_rlaif_side, s, shape, policy, rm, work, prompts),
+        "rlaif": functools.partial(run_rlaif_side, s, shape, policy, rm, work, data, prompts),
         "trl": functools.partial(run_trl_side, cfg, work / "trl.json"),
     }
     load_before = list(os.getloadavg())
