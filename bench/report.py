@@ -247,18 +247,59 @@ def _reward(r: dict[str, Any]) -> list[str]:
     md = ["## 3. Reward-model training", ""]
     if not r or _status(r):
         return [*md, _status(r) or "_not run_", ""]
-    md.append(r.get("setup", ""))
-    md.append("")
+    md += [r.get("setup", ""), ""]
+    if "runs" not in r:  # results from before the repeated, like-for-like runs
+        rows = []
+        for side in ("rlaif", "trl"):
+            v = r.get(side, {})
+            rows.append([side, _status(v) or v.get("samples_per_s"), v.get("step_s_median"), v.get("final_loss")])
+        md += _table(["trainer", "pairs/s", "s/step (median)", "last loss"], rows)
+        rlaif, trl = r.get("rlaif", {}).get("samples_per_s"), r.get("trl", {}).get("samples_per_s")
+        return [*md, f"rlaif / TRL: **{_ratio(rlaif, trl)}**", ""]
+    md += [f"Clock: {r['clock']}.", ""]
+    soft = r.get("rlaif_soft", {})
+    labels = "–".join(f"{p:g}" for p in (min(r["soft_labels"]), max(r["soft_labels"])))
     rows = []
-    for side in ("rlaif", "trl"):
-        v = r.get(side, {})
-        rows.append([side, _status(v) or v.get("samples_per_s"), v.get("step_s_median"), v.get("final_loss")])
-    md += _table(["trainer", "pairs/s", "s/step (median)", "last loss"], rows)
-    md += [
-        f"rlaif / TRL: **{_ratio(r.get('rlaif', {}).get('samples_per_s'), r.get('trl', {}).get('samples_per_s'))}**",
-        "",
+    for name, how, v in (
+        ("rlaif", "hard (first preferred, p = 1)", r["rlaif"]),
+        ("TRL RewardTrainer", "hard (chosen over rejected)", r["trl"]),
+        ("rlaif", f"soft (p = {labels}), one run, not compared", soft),
+    ):
+        rows.append(
+            [
+                name,
+                how,
+                _status(v) or v.get("samples_per_s"),
+                v.get("step_s_median"),
+                v.get("first_loss"),
+                v.get("final_loss"),
+            ]
+        )
+    md += _table(["trainer", "labels", "pairs/s (median of runs)", "s/step (median)", "first loss", "last loss"], rows)
+    runs = [
+        [i + 1, x["first"], _side_rate(x["rlaif"]), _side_rate(x["trl"]), f"{x['ratio']:.2f}×" if "ratio" in x else "—"]
+        for i, x in enumerate(r["runs"])
     ]
-    return md
+    md += _table(["run", "went first", "rlaif pairs/s", "TRL pairs/s", "rlaif / TRL"], runs)
+    if "ratio_rlaif_over_trl" in r:
+        pairs = sum("ratio" in x for x in r["runs"])
+        md += [
+            f"rlaif / TRL over {pairs} pairs of runs: min {r['ratio_min']:.2f}×, "
+            f"**median {r['ratio_rlaif_over_trl']:.2f}×**, max {r['ratio_max']:.2f}×",
+            "",
+        ]
+    inner = {k: r[k].get("inner_step_s_median") for k in ("rlaif", "trl")}
+    if all(inner.values()):
+        md.append(
+            f"- the trainers' own step timers (rlaif's `step_time_s`, TRL's on_step_begin → on_step_end) give "
+            f"{inner['rlaif']:.3g} and {inner['trl']:.3g} s per step; the table's clock also counts what lies "
+            "between steps"
+        )
+    return [*md, ""]
+
+
+def _side_rate(v: dict[str, Any]) -> Any:
+    return _status(v) or v.get("samples_per_s")
 
 
 def _ppo(r: dict[str, Any], out: Path) -> list[str]:
