@@ -9,7 +9,9 @@ per prompt (end-of-sequence ignored), so tokens/s compare like for like:
 - ``vllm_bare``: ``LLM.generate`` on token ids with plain ``SamplingParams``, in-process;
 - ``rlaif_engine``: `rlaif.engines.vllm_engine.VLLMEngine.generate` on chat messages (rendering,
   tokenising and result conversion included) - on the SAME `LLM` object as ``vllm_bare``,
-  the two interleaved batch by batch, so load on a shared machine hits both alike;
+  the two interleaved batch by batch, so load on a shared machine hits both alike. Sharing
+  the engine, it measures only the wrapper's overhead, and is reported as that, not as a
+  comparison with vLLM;
 - ``rlaif_rollout_actor``: the same call through a Ray `RolloutWorker` actor (`ActorPool`,
   ``engine_env``), as the rl_cai stage samples, with the actor given every core; on CPU at
   the full size, where the actor and its Ray cluster are up for the whole in-process
@@ -19,10 +21,11 @@ Every timed call starts with a cold prefix cache (the in-process paths reset it 
 call; the actor's engine has it off), so no path gets another's prefill for free.
 
 Reported per batch size: median tokens/s over repeats (three times as many for batches of 1
-and 8, whose calls are short), ratios, and the fraction of the roofline ceiling reached
-(`bench.roofline.generation_ceiling`, prefill included). The engine / bare vLLM and actor /
-bare vLLM ratios are medians of the per-repeat ratios of interleaved calls, which cancels
-the machine's drift between repeats; the others divide medians.
+and 8, whose calls are short), the rollout actor / bare vLLM ratio, the engine wrapper's
+overhead, and the fraction of the roofline ceiling reached (`bench.roofline.generation_ceiling`,
+prefill included). The actor / bare vLLM and engine / bare vLLM ratios (the overhead is the
+latter's inverse less one) are medians of the per-repeat ratios of interleaved calls, which
+cancels the machine's drift between repeats; the others divide medians.
 """
 
 from __future__ import annotations

@@ -130,41 +130,47 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
     md.append(
         f"Model {r['model']} ({r['params'] / 1e6:.0f} M params), {r['max_new_tokens']} new tokens per prompt "
         f"(EOS ignored), prompts of {r['prompt_tokens_mean']:.0f} tokens on average, temperature 1. "
-        "The two ratios against bare vLLM are medians of per-repeat ratios (calls interleaved)."
+        "The rollout actor / bare vLLM ratio is the median of per-repeat ratios (calls interleaved). "
+        "rlaif_engine is `VLLMEngine.generate` on bare vLLM's own `LLM` object, so it is no comparison: "
+        "its column gives the wrapper's overhead (rendering, tokenising, result conversion), the extra "
+        "time per token against bare vLLM on that object (negative: within the noise)."
     )
     md.append("")
     header = [
         "batch",
         *paths,
-        "rlaif engine / bare vLLM",
         "rlaif actor / bare vLLM",
-        "best vLLM / transformers",
+        "bare vLLM / transformers",
         "roofline ceiling",
         "transformers % of ceiling",
         "bare vLLM % of ceiling",
-        "rlaif engine % of ceiling",
+        "rlaif actor % of ceiling",
+        "engine wrapper overhead",
     ]
     rows = []
     # Older results files have no paired ratio: then the ratio of the medians.
     meta = r.get("vllm") or {}
-    paired = {b: f"{x:.2f}×" for b, x in meta.get("rlaif_engine_over_bare_paired", {}).items()}
+    paired = meta.get("rlaif_engine_over_bare_paired", {})
     paired_actor = {b: f"{x:.2f}×" for b, x in meta.get("rlaif_actor_over_bare_paired", {}).items()}
     for bs in r["batch_sizes"]:
         k = str(bs)
         v = {p: rates[p].get(k) for p in paths}
         ceil = _ceiling(r, roof, bs)
-        best = max((v.get("rlaif_engine") or 0), (v.get("vllm_bare") or 0)) or None
+        engine = paired.get(k) or (
+            v["rlaif_engine"] / v["vllm_bare"] if v.get("rlaif_engine") and v.get("vllm_bare") else None
+        )
+        actor = v.get("rlaif_rollout_actor")
         rows.append(
             [
                 bs,
                 *[v[p] for p in paths],
-                paired.get(k) or _ratio(v.get("rlaif_engine"), v.get("vllm_bare")),
-                paired_actor.get(k) or _ratio(v.get("rlaif_rollout_actor"), v.get("vllm_bare")),
-                _ratio(best, v.get("transformers")),
+                paired_actor.get(k) or _ratio(actor, v.get("vllm_bare")),
+                _ratio(v.get("vllm_bare"), v.get("transformers")),
                 ceil,
                 f"{100 * v['transformers'] / ceil:.1f}%" if ceil and v.get("transformers") else "—",
                 f"{100 * v['vllm_bare'] / ceil:.0f}%" if ceil and v.get("vllm_bare") else "—",
-                f"{100 * v['rlaif_engine'] / ceil:.0f}%" if ceil and v.get("rlaif_engine") else "—",
+                f"{100 * actor / ceil:.0f}%" if ceil and actor else "—",
+                f"{100 * (1 / engine - 1):+.0f}%" if engine else "—",
             ]
         )
     md += _table(header, rows)
@@ -180,7 +186,8 @@ def _generation(r: dict[str, Any], roof: dict[str, Any], out: Path) -> list[str]
         fig, ax = plt.subplots(figsize=(6, 4))
         for p in paths:
             xs = [x for x in r["batch_sizes"] if rates[p].get(str(x)) is not None]
-            ax.plot(xs, [rates[p][str(x)] for x in xs], marker="o", label=p)
+            label = "rlaif_engine (vllm_bare's LLM + wrapper)" if p == "rlaif_engine" else p
+            ax.plot(xs, [rates[p][str(x)] for x in xs], marker="o", label=label)
         if roof and "matmul" in roof:
             ax.plot(r["batch_sizes"], [_ceiling(r, roof, x) for x in r["batch_sizes"]], "k--", label="roofline ceiling")
         ax.set_xscale("log", base=2)
@@ -248,18 +255,59 @@ def _reward(r: dict[str, Any]) -> list[str]:
     md = ["## 3. Reward-model training", ""]
     if not r or _status(r):
         return [*md, _status(r) or "_not run_", ""]
-    md.append(r.get("setup", ""))
-    md.append("")
+    md += [r.get("setup", ""), ""]
+    if "runs" not in r:  # results from before the repeated, like-for-like runs
+        rows = []
+        for side in ("rlaif", "trl"):
+            v = r.get(side, {})
+            rows.append([side, _status(v) or v.get("samples_per_s"), v.get("step_s_median"), v.get("final_loss")])
+        md += _table(["trainer", "pairs/s", "s/step (median)", "last loss"], rows)
+        rlaif, trl = r.get("rlaif", {}).get("samples_per_s"), r.get("trl", {}).get("samples_per_s")
+        return [*md, f"rlaif / TRL: **{_ratio(rlaif, trl)}**", ""]
+    md += [f"Clock: {r['clock']}.", ""]
+    soft = r.get("rlaif_soft", {})
+    labels = "–".join(f"{p:g}" for p in (min(r["soft_labels"]), max(r["soft_labels"])))
     rows = []
-    for side in ("rlaif", "trl"):
-        v = r.get(side, {})
-        rows.append([side, _status(v) or v.get("samples_per_s"), v.get("step_s_median"), v.get("final_loss")])
-    md += _table(["trainer", "pairs/s", "s/step (median)", "last loss"], rows)
-    md += [
-        f"rlaif / TRL: **{_ratio(r.get('rlaif', {}).get('samples_per_s'), r.get('trl', {}).get('samples_per_s'))}**",
-        "",
+    for name, how, v in (
+        ("rlaif", "hard (first preferred, p = 1)", r["rlaif"]),
+        ("TRL RewardTrainer", "hard (chosen over rejected)", r["trl"]),
+        ("rlaif", f"soft (p = {labels}), one run, not compared", soft),
+    ):
+        rows.append(
+            [
+                name,
+                how,
+                _status(v) or v.get("samples_per_s"),
+                v.get("step_s_median"),
+                v.get("first_loss"),
+                v.get("final_loss"),
+            ]
+        )
+    md += _table(["trainer", "labels", "pairs/s (median of runs)", "s/step (median)", "first loss", "last loss"], rows)
+    runs = [
+        [i + 1, x["first"], _side_rate(x["rlaif"]), _side_rate(x["trl"]), f"{x['ratio']:.2f}×" if "ratio" in x else "—"]
+        for i, x in enumerate(r["runs"])
     ]
-    return md
+    md += _table(["run", "went first", "rlaif pairs/s", "TRL pairs/s", "rlaif / TRL"], runs)
+    if "ratio_rlaif_over_trl" in r:
+        pairs = sum("ratio" in x for x in r["runs"])
+        md += [
+            f"rlaif / TRL over {pairs} pairs of runs: min {r['ratio_min']:.2f}×, "
+            f"**median {r['ratio_rlaif_over_trl']:.2f}×**, max {r['ratio_max']:.2f}×",
+            "",
+        ]
+    inner = {k: r[k].get("inner_step_s_median") for k in ("rlaif", "trl")}
+    if all(inner.values()):
+        md.append(
+            f"- the trainers' own step timers (rlaif's `step_time_s`, TRL's on_step_begin → on_step_end) give "
+            f"{inner['rlaif']:.3g} and {inner['trl']:.3g} s per step; the table's clock also counts what lies "
+            "between steps"
+        )
+    return [*md, ""]
+
+
+def _side_rate(v: dict[str, Any]) -> Any:
+    return _status(v) or v.get("samples_per_s")
 
 
 def _ppo(r: dict[str, Any], out: Path) -> list[str]:

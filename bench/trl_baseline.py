@@ -7,7 +7,9 @@ Imports nothing from rlaif (not installed there): the config names the model fol
 a JSONL data file written by the rlaif side (bench/reward.py, bench/ppo.py), so both sides
 read the same data.
 
-- reward: `trl.RewardTrainer` on conversational chosen/rejected pairs; per-step times from a callback.
+- reward: `trl.RewardTrainer` on chosen/rejected token ids the rlaif side wrote (a processed
+  dataset, so TRL tokenises nothing), in file order; step times by wall clock between the
+  ``on_step_end`` callbacks (the first from ``on_train_begin``).
 - ppo: `trl.experimental.ppo.PPOTrainer` (removed from TRL after 1.12.0), reading the prompt
   file in file order (its own dataloader shuffles; it is replaced by an unshuffled one) with
   ``torch.set_num_threads(threads)``. An iteration lasts from one ``on_step_end`` callback to
@@ -43,43 +45,58 @@ def reward(cfg: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
+    torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # The start checkpoint already holds the scalar head both sides begin from.
     model = AutoModelForSequenceClassification.from_pretrained(cfg["model"], num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
+    # Token ids written by the rlaif side: TRL takes them as a processed dataset and tokenises nothing.
     rows = _rows(cfg["data"])
-    data = Dataset.from_list(
-        [
-            {
-                "chosen": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}],
-                "rejected": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["rejected"]}],
-            }
-            for r in rows
-        ]
-    )
+    data = Dataset.from_list([{"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"]} for r in rows])
     steps: list[float] = []
+    inner: list[float] = []
     losses: list[float] = []
+    marks = {"end": 0.0, "begin": 0.0}
 
     class Timer(TrainerCallback):
+        """Wall time between step ends (collation, logging and all); `inner` is on_step_begin to on_step_end."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            marks["end"] = time.perf_counter()
+
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.t = time.perf_counter()
+            marks["begin"] = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            steps.append(time.perf_counter() - self.t)
+            now = time.perf_counter()
+            steps.append(now - marks["end"])
+            inner.append(now - marks["begin"])
+            marks["end"] = now
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
+    beta1, beta2 = cfg["adam_betas"]
     args = RewardConfig(
         output_dir=cfg["out_dir"],
         per_device_train_batch_size=cfg["batch"],
         gradient_accumulation_steps=1,
         max_steps=cfg["steps"],
         max_length=cfg["max_len"],
-        learning_rate=1e-5,
+        learning_rate=cfg["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        adam_beta1=beta1,
+        adam_beta2=beta2,
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        # The file's order, as rlaif takes the pairs.
+        train_sampling_strategy="sequential",
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -91,6 +108,8 @@ def reward(cfg: dict[str, Any]) -> dict[str, Any]:
         disable_tqdm=True,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
+    if len(trainer.train_dataset) != len(rows):
+        raise RuntimeError(f"TRL kept {len(trainer.train_dataset)} of {len(rows)} pairs (max_length filter)")
     started = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - started
@@ -100,9 +119,15 @@ def reward(cfg: dict[str, Any]) -> dict[str, Any]:
         "step_s": steps,
         "step_s_median": step,
         "samples_per_s": cfg["batch"] / step,
-        "train_wall_s": total,
+        "inner_step_s": inner,
+        "inner_step_s_median": statistics.median(inner),
+        "losses": losses,
+        "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
+        "train_wall_s": total,
+        "optimizer": str(args.optim),
         "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
 
 

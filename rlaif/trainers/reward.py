@@ -14,7 +14,9 @@ and a saved folder scores the same when loaded with
 `RewardTrainer` trains it on AI-labelled pairs with the soft-label
 Bradley-Terry loss ``-[p log σ(r_a - r_b) + (1 - p) log σ(r_b - r_a)]``
 (`rlaif.core.losses.bradley_terry_loss`; Bai et al. 2022 §4.1), and scores
-texts for PPO.
+texts for PPO. `train_step` renders and tokenises its pairs (`encode_pair`);
+`train_step_encoded` takes pairs tokenised ahead of time (`RewardTrainer.encode`),
+so a caller can keep tokenisation out of a timed step.
 """
 
 from __future__ import annotations
@@ -46,8 +48,27 @@ class RewardPair:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_messages", tuple(Message(*m) for m in self.prompt_messages))
-        if not 0.0 <= self.p_a <= 1.0 or math.isnan(self.p_a):
-            raise ValueError(f"reward pair {self.id!r}: p_a must be in [0, 1], got {self.p_a}")
+        _check_label(self.id, self.p_a)
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """A `RewardPair` tokenised (`encode_pair`): each conversation's token ids, and the label `p_a`."""
+
+    id: str
+    ids_a: tuple[int, ...]
+    ids_b: tuple[int, ...]
+    p_a: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids_a", tuple(self.ids_a))
+        object.__setattr__(self, "ids_b", tuple(self.ids_b))
+        _check_label(self.id, self.p_a)
+
+
+def _check_label(pair_id: str, p_a: float) -> None:
+    if not 0.0 <= p_a <= 1.0 or math.isnan(p_a):
+        raise ValueError(f"reward pair {pair_id!r}: p_a must be in [0, 1], got {p_a}")
 
 
 def render_conversation(tokenizer: Any, prompt_messages: Sequence[Message], response: str) -> str:
@@ -177,6 +198,16 @@ def encode_tail(tokenizer: Any, text: str, max_len: int) -> list[int]:
     return ids
 
 
+def encode_pair(tokenizer: Any, pair: RewardPair, max_len: int) -> EncodedPair:
+    """Both of `pair`'s conversations rendered (`render_conversation`) and tokenised, each keeping
+    its last `max_len` tokens: what `RewardTrainer` trains on."""
+
+    def ids(response: str) -> list[int]:
+        return encode_tail(tokenizer, render_conversation(tokenizer, pair.prompt_messages, response), max_len)
+
+    return EncodedPair(pair.id, tuple(ids(pair.response_a)), tuple(ids(pair.response_b)), pair.p_a)
+
+
 class RewardTrainer:
     """One rank of a data-parallel DeepSpeed group training a `RewardModel` on `RewardPair`s."""
 
@@ -220,14 +251,26 @@ class RewardTrainer:
         """This rank's share of the global batch: micro_batch_size x grad_accum_steps pairs."""
         return self.micro_batch_size * self.grad_accum_steps
 
+    def encode(self, pairs: Sequence[RewardPair]) -> list[EncodedPair]:
+        """`pairs` tokenised as `train_step` tokenises them (`encode_pair`, this trainer's `max_len`)."""
+        return [encode_pair(self.tokenizer, p, self.max_len) for p in pairs]
+
     def train_step(self, pairs: Sequence[RewardPair]) -> dict[str, float]:
         """One optimizer step on this rank's `pairs_per_step` pairs; all ranks call it together.
 
         Returns metrics over the global batch, identical on every rank: ``loss``
         (pair mean), ``accuracy`` (share of pairs with p_a != 0.5 where the model's
         preferred response is the label's), ``margin`` (mean r_a - r_b), ``lr``,
-        ``grad_norm`` (before clipping), ``step_time_s``, ``step``.
+        ``grad_norm`` (before clipping), ``step_time_s`` (the whole call, tokenisation
+        included), ``step``.
         """
+        started = time.perf_counter()
+        metrics = self.train_step_encoded(self.encode(pairs))
+        metrics["step_time_s"] = time.perf_counter() - started
+        return metrics
+
+    def train_step_encoded(self, pairs: Sequence[EncodedPair]) -> dict[str, float]:
+        """`train_step` on pairs tokenised ahead of time (`encode`); ``step_time_s`` then leaves tokenisation out."""
         if len(pairs) != self.pairs_per_step:
             raise ValueError(
                 f"rank {self.rank}: train_step needs micro_batch_size x grad_accum_steps = "
@@ -262,7 +305,7 @@ class RewardTrainer:
                 if not chunk:
                     self._rewards([self.tokenizer.eos_token or " "])  # keeps ZeRO-3's collective gathers in step
                     continue
-                r_a, r_b, p = self._pair_rewards(chunk)
+                r_a, r_b, p = self._pair_rewards(self.encode(chunk))
                 totals.add(r_a, r_b, p, bradley_terry_loss(r_a, r_b, p))
         self.engine.train()
         return totals.reduce()
@@ -292,15 +335,15 @@ class RewardTrainer:
         self.step = D.load_engine_checkpoint(self.engine, directory)
         return self.step
 
-    def _pair_rewards(self, chunk: Sequence[RewardPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _pair_rewards(self, chunk: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """r_a, r_b and p_a, each (len(chunk),); both responses go through one forward pass.
 
         The tokens the two conversations of a pair start with (system prompt, user turn,
         assistant header) are encoded once and their cache shared by both responses
         (`rlaif.core.shared_prefix`). Not under gradient checkpointing, which turns the cache off.
         """
-        a = [encode_tail(self.tokenizer, self.render(p.prompt_messages, p.response_a), self.max_len) for p in chunk]
-        b = [encode_tail(self.tokenizer, self.render(p.prompt_messages, p.response_b), self.max_len) for p in chunk]
+        a = [p.ids_a for p in chunk]
+        b = [p.ids_b for p in chunk]
         split = None if self.gradient_checkpointing else split_pairs(list(zip(a, b, strict=True)), self.pad_token_id)
         device = self.engine.device
         if split is None:
