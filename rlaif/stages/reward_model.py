@@ -113,12 +113,7 @@ def load_reward_pairs(
     data = [
         RewardPair(p.id, (Message("user", p.prompt),), p.response_a, p.response_b, labels[p.id].p_first) for p in pairs
     ]
-    prompts = [PromptRecord(p.prompt_id, p.prompt) for p in pairs]
-    # A seed of its own: sl_cai's evaluation split hashes the same prompt ids with the run's seed, and
-    # every labelled prompt comes from its train side, so with reward_model.heldout_fraction at or
-    # below sl_cai.heldout_fraction the same hash would hold out none of them.
-    _, held = split_train_heldout(prompts, heldout_fraction, seed + RM_SPLIT_SALT)
-    held_ids = {r.id for r in held}
+    held_ids = heldout_prompt_ids([PromptRecord(p.prompt_id, p.prompt) for p in pairs], heldout_fraction, seed)
     train = [d for d, p in zip(data, pairs, strict=True) if p.prompt_id not in held_ids]
     heldout = [d for d, p in zip(data, pairs, strict=True) if p.prompt_id in held_ids]
     if not train or not heldout:
@@ -127,6 +122,18 @@ def load_reward_pairs(
             f"(heldout_fraction={heldout_fraction}); label more prompts (label.num_prompts)"
         )
     return train, heldout
+
+
+def heldout_prompt_ids(prompts: Sequence[PromptRecord], heldout_fraction: float, seed: int) -> set[str]:
+    """The ids of the labelled prompts whose pairs the reward model holds out, from the run's `seed`.
+
+    A seed of its own (`RM_SPLIT_SALT` added): sl_cai's evaluation split hashes the same prompt ids
+    with the run's seed, and every labelled prompt comes from its train side, so with
+    reward_model.heldout_fraction at or below sl_cai.heldout_fraction the same hash would hold out
+    none of them.
+    """
+    _, held = split_train_heldout(prompts, heldout_fraction, seed + RM_SPLIT_SALT)
+    return {r.id for r in held}
 
 
 def start_group(run: RunConfig, base: Path) -> TrainerGroup:

@@ -4,8 +4,9 @@ The trainers (`rlaif.trainers.sft`, `rlaif.trainers.reward`) are each one
 DeepSpeed rank; what they share lives here as plain functions:
 
 - `init_process_group(...)` joins the group (gloo on CPU, nccl on GPU) through
-  `deepspeed.init_distributed`, idempotently; `find_free_port()` picks a port for
-  rank 0 to listen on.
+  `deepspeed.init_distributed`, idempotently, without DeepSpeed's shared-memory
+  collectives op, which nothing here uses (`skip_shm_comm_op`); `find_free_port()`
+  picks a port for rank 0 to listen on.
 - `all_reduce_sums(...)` / `all_reduce_max(...)` for global token counts and metrics.
 - `create_engine(...)` wraps a model in a DeepSpeed engine from a config dict made
   by `rlaif.trainers.ds_config.build_ds_config`.
@@ -102,6 +103,8 @@ def init_process_group(
 
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    else:
+        skip_shm_comm_op()
     deepspeed.init_distributed(
         dist_backend=backend,
         auto_mpi_discovery=False,
@@ -111,6 +114,35 @@ def init_process_group(
         rank=rank,
         world_size=world_size,
     )
+
+
+# DeepSpeed's op of shared-memory collectives for CPU ranks (deepspeed/ops/op_builder/cpu/comm.py).
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_shm_comm_op() -> None:
+    """Keep `deepspeed.init_distributed` from compiling and loading DeepSpeed's shared-memory collectives.
+
+    On a CPU accelerator, DeepSpeed 0.19's torch backend builds the ``deepspeed_shm_comm`` op
+    when it starts (``build_shm_op`` in deepspeed/comm/torch.py): a JIT compile of about a
+    minute in a fresh environment, and a load on every rank after that. The op serves only
+    ``deepspeed.comm.inference_all_reduce``, which only DeepSpeed's tensor-parallel layers
+    (deepspeed/module_inject) call; rlaif's ranks are data parallel (ZeRO), and their
+    collectives, DeepSpeed's and ours, are torch.distributed's over gloo, with or without the op.
+
+    DeepSpeed has no setting for this (``DS_BUILD_SHM_COMM`` governs pre-building at install
+    only); ``build_shm_op`` skips the op when ``deepspeed.ops.__compatible_ops__``, the
+    per-process table of which ops this machine can build, marks it incompatible. The table
+    is probed once and cached in the module, so the mark made here is the one it reads.
+    This process's ranks then run without the op; nothing else is changed (docs/design.md §7).
+    """
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible[SHM_COMM_OP] = False
+    else:
+        log.warning("deepspeed.ops has no table of compatible ops; DeepSpeed may build %s", SHM_COMM_OP)
 
 
 def comm_device() -> torch.device:

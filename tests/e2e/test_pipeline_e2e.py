@@ -5,9 +5,10 @@ run folder. This one run carries every end-to-end check of the stages' outputs (
 labels, manifests, the evaluation summary), so CI starts one cluster and one set of engines for
 them instead of one per stage pair. A second invocation finds every stage done and skips them all.
 
-It runs the default configuration with smaller counts (fewer prompts, reward-model steps and PPO
-iterations): the same code paths, in about half the time. The README's `make run` is the
-default-sized run.
+It runs the default configuration with smaller counts (fewer prompts, tokens, SFT and reward-model
+steps and PPO iterations): the same code paths, in a fraction of the time. The README's `make run`
+is the default-sized run. `test_the_smaller_counts_leave_every_split_non_empty` checks, without a
+model, that these counts still give each stage the prompts it needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,21 +30,46 @@ from rlaif.core.preference_records import read_labels, read_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("smoke", "sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate")
-SL_CAI_PROMPTS = 12
-RM_STEPS = 4
+# The counts, all in one place; the checks below are written in them.
+SMOKE_PROMPTS = 2
+# Red-team prompts distilled in context, and as many helpful ones answered plainly.
+SL_CAI_PROMPTS = 4
+SL_CAI_SENSITIVE = 2
+SFT_STEPS = 2
+# Red-team and sensitive prompts the policy answers twice and the judge labels: one pair each.
+LABEL_PROMPTS = 4
+LABEL_SENSITIVE = 2
+RM_STEPS = 2
 PPO_ITERATIONS = 2
+# Prompts of each held-out set the three models answer.
+EVAL_PROMPTS = 2
 SMALLER = [
+    f"smoke.num_prompts={SMOKE_PROMPTS}",
+    "smoke.max_new_tokens=16",
     f"sl_cai.num_prompts={SL_CAI_PROMPTS}",
     f"sl_cai.num_helpful={SL_CAI_PROMPTS}",
-    "sl_cai.num_sensitive=6",
-    "label.num_prompts=12",
-    "label.num_sensitive=4",
+    f"sl_cai.num_sensitive={SL_CAI_SENSITIVE}",
+    "sl_cai.max_new_tokens=48",
+    f"sft.steps={SFT_STEPS}",
+    # No checkpoint is written at the last step: one after step 1 keeps the checkpoint path in the run.
+    "sft.checkpoint_every=1",
+    "sft.eval_examples=4",
+    f"label.num_prompts={LABEL_PROMPTS}",
+    f"label.num_sensitive={LABEL_SENSITIVE}",
+    "label.max_new_tokens=32",
     f"reward_model.steps={RM_STEPS}",
     f"ppo.iterations={PPO_ITERATIONS}",
-    "eval.num_red_team=6",
-    "eval.num_helpful=6",
-    "eval.num_sensitive=6",
-    "eval.num_sensitive_harmful=4",
+    # 4 samples in mini-batches of 2: two optimizer steps per iteration, so PPO's ratio and clip act
+    # on the second, as at the default 8 and 4.
+    "ppo.prompts_per_iteration=4",
+    "ppo.mini_batch_size=2",
+    "ppo.micro_batch_size=2",
+    "ppo.max_new_tokens=16",
+    f"eval.num_red_team={EVAL_PROMPTS}",
+    f"eval.num_helpful={EVAL_PROMPTS}",
+    f"eval.num_sensitive={EVAL_PROMPTS}",
+    f"eval.num_sensitive_harmful={EVAL_PROMPTS}",
+    "eval.max_new_tokens=16",
 ]
 
 
@@ -63,10 +90,11 @@ def _check_sl_cai_and_sft(run_dir: Path, stdout: str) -> None:
     assert any(r.final_answer.strip() for r in records)
     assert sl_cai["counts"]["helpful"] == SL_CAI_PROMPTS and sl_cai["throughput"]["chains_per_min"] > 0
     # Sensitive-but-benign requests are answered plainly too; refusals among them are counted and kept out of SFT.
-    assert sl_cai["counts"]["sensitive"] == 6 and 0 <= sl_cai["counts"]["sensitive_refusals"] <= 6
+    assert sl_cai["counts"]["sensitive"] == SL_CAI_SENSITIVE
+    assert 0 <= sl_cai["counts"]["sensitive_refusals"] <= SL_CAI_SENSITIVE
 
     sft = read_manifest(run_dir / "sft")
-    assert sft is not None and sft["counts"]["steps"] == 4 and len(sft["losses"]) == 4
+    assert sft is not None and sft["counts"]["steps"] == SFT_STEPS and len(sft["losses"]) == SFT_STEPS
     benign = list(read_jsonl(run_dir / "sl_cai" / "helpful.jsonl"))
     refused = {f"help:{row['id']}" for row in benign if row["refusal"] and not row["degenerate"]}
     assert sft["counts"]["dropped_benign_refusals"] == len(refused)
@@ -83,8 +111,8 @@ def _check_preferences_and_reward_model(run_dir: Path) -> None:
     assert prefs is not None
     pairs = read_pairs(run_dir / "preferences" / "pairs.jsonl")
     labels = read_labels(run_dir / "preferences" / "labels.jsonl")
-    assert len(pairs) == len(labels) == prefs["counts"]["trl_rows"] == 12 + 4
-    assert prefs["counts"]["sensitive_pairs"] == 4
+    assert len(pairs) == len(labels) == prefs["counts"]["trl_rows"] == LABEL_PROMPTS + LABEL_SENSITIVE
+    assert prefs["counts"]["sensitive_pairs"] == LABEL_SENSITIVE
     assert all(p.response_a.strip() and p.response_b.strip() for p in pairs)
     assert prefs["position_bias"]["judgements"] == len(pairs)
     assert prefs["judge_throughput"]["comparisons_per_s"] > 0
@@ -125,6 +153,43 @@ def _check_quiet_console(run_dir: Path, console: str) -> None:
     for actor in ("RolloutWorker", "ConstitutionalCritic", "SFTTrainer", "RewardTrainer", "PPOTrainer"):
         assert list(logs.glob(f"{actor}-*.*")), f"no {actor} output in {logs}"
     assert f"logs: {logs.resolve()}" in console
+
+
+def test_the_smaller_counts_leave_every_split_non_empty() -> None:
+    """No model: the prompts each stage would pick at these counts, from the stages' own functions.
+
+    The reward model's held-out split is a hash of the labelled prompt ids, so with few labelled
+    prompts it can be empty, and the stage then stops; this fails first, in seconds.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from rlaif.config import register_configs, to_run_config
+    from rlaif.stages.evaluate import heldout_prompts, heldout_sets
+    from rlaif.stages.ppo_prompts import TrainPrompts
+    from rlaif.stages.preferences import select_prompts, select_sensitive_prompts
+    from rlaif.stages.reward_model import heldout_prompt_ids
+    from rlaif.stages.sl_cai import helpful_prompts, red_team_prompts, sensitive_prompts
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        run = to_run_config(compose(config_name="config", overrides=SMALLER))
+    s = run.sl_cai
+    assert len(red_team_prompts(s, run.seed)) == len(helpful_prompts(s, run.seed)) == SL_CAI_PROMPTS
+    assert len(sensitive_prompts(s, run.seed)) == SL_CAI_SENSITIVE
+    assert 0 < run.sft.checkpoint_every < run.sft.steps == SFT_STEPS
+
+    labelled = [*select_prompts(run), *select_sensitive_prompts(run)]
+    assert len(labelled) == LABEL_PROMPTS + LABEL_SENSITIVE
+    held = heldout_prompt_ids(labelled, run.reward_model.heldout_fraction, run.seed)
+    assert 0 < len(held) < len(labelled), held
+
+    ppo = run.ppo
+    prompts = TrainPrompts.load(run)
+    assert all(len(prompts.batch(k, run.seed)) == ppo.prompts_per_iteration for k in range(PPO_ITERATIONS))
+    assert ppo.prompts_per_iteration * ppo.samples_per_prompt // ppo.mini_batch_size == 2
+
+    by_set = Counter(name for name, _ in heldout_prompts(run))
+    assert by_set == {h.name: EVAL_PROMPTS for h in heldout_sets(run)}
 
 
 @pytest.mark.slow

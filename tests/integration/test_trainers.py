@@ -102,6 +102,32 @@ def test_ds_config_batch_arithmetic_and_validation() -> None:
     assert build_ds_config(3, 4, 2, 1, 1e-5, 0.1, 1.0, False, True, 5)["zero_optimization"]["stage"] == 3
 
 
+def test_gloo_ranks_join_without_deepspeeds_shm_comm_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When `init_process_group` hands over to DeepSpeed, DeepSpeed's `build_shm_op` builds nothing.
+
+    DeepSpeed is not started: its `init_distributed` is replaced by a probe that asks
+    `build_shm_op` what the torch backend would get, and the op's builder by one that fails
+    the test instead of compiling.
+    """
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.comm.torch import build_shm_op
+
+    from rlaif.trainers.distributed import find_free_port, init_process_group
+
+    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        monkeypatch.setattr(builder, "load", lambda *_, **__: pytest.fail("DeepSpeed built the shm comm op"))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # init_process_group sets them; the monkeypatch puts them back
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    shm_ops: list[object] = []
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda **_: shm_ops.append(build_shm_op()))
+    init_process_group(0, 1, "127.0.0.1", find_free_port(), "gloo")
+    assert shm_ops == [None]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_one_rank_runs_as_zero0_cpu_adam_like_plain_torch_and_resumes(tiny_model: Path, tmp_path: Path) -> None:
