@@ -1,8 +1,9 @@
 """Where a run's output goes: rlaif's own lines on the console, everything else in ``<run_dir>/logs/``.
 
 By default (``logging.verbose=false``) the console carries rlaif's progress bars, stage
-summaries, warnings and errors. The driver's other records (Ray, W&B, Hydra's plugins, Python
-warnings) go to ``logs/driver.log`` only, and Ray does not forward the actors' output; each
+summaries, warnings and errors. The per-step metric lines (``rlaif.metrics`` at INFO, which W&B
+and the progress bars already show) go to ``logs/driver.log`` only, as do the driver's other
+records (Ray, W&B, Hydra's plugins, Python warnings). Ray does not forward the actors' output; each
 actor process's stdout and stderr are copied from Ray's session folder into ``logs/`` when the
 run ends (`copy_worker_logs`). ``logging.verbose=true`` or ``RLAIF_VERBOSE=1`` keeps the full
 stream on the console as well. An actor's exception still reaches the driver, with its
@@ -30,11 +31,19 @@ def verbose_requested(configured: bool) -> bool:
     return configured or os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# The console sink's per-step scalars: in the file, on W&B and in the progress bars, not on the console.
+METRICS_LOGGER = "rlaif.metrics"
+
+
 class ConsoleFilter(logging.Filter):
-    """Passes rlaif's own records at any level and anyone's errors."""
+    """Passes rlaif's own records at any level (the per-step metric lines only from WARNING) and anyone's errors."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name == "rlaif" or record.name.startswith("rlaif.") or record.levelno >= logging.ERROR
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.name == METRICS_LOGGER:
+            return record.levelno >= logging.WARNING
+        return record.name == "rlaif" or record.name.startswith("rlaif.")
 
 
 def _is_console(handler: logging.Handler) -> bool:

@@ -20,6 +20,9 @@ from rlaif.stages.pipeline import StageContext
 
 log = logging.getLogger(__name__)
 
+# The console shows each answer on one line of at most this many characters; answers.jsonl has them whole.
+ANSWER_PREVIEW_CHARS = 160
+
 
 @dataclass(frozen=True)
 class SmokeResult:
@@ -34,17 +37,26 @@ class SmokeResult:
 
 
 def smoke_stage(ctx: StageContext) -> None:
-    """The stage: generate, then print the answers and tokens/s."""
-    result = generation_smoke(ctx.run, ctx.base_model, ctx.stage_dir("smoke"))
+    """The stage: generate, then print a one-line preview of each answer and tokens/s."""
+    out = ctx.stage_dir("smoke")
+    result = generation_smoke(ctx.run, ctx.base_model, out)
     for prompt, gen in zip(result.prompts, result.generations, strict=True):
-        print(f"\n>>> {prompt}\n{gen.completions[0].text.strip()}")
+        print(f"\n>>> {prompt}\n{preview(gen.completions[0].text)}")
     engine_tps = sum(s.generated_tokens_per_s for s in result.engine_stats)
     print(
         f"\n{len(result.prompts)} answers from {len(result.engine_stats)} rollout actor(s), "
         f"{result.generated_tokens} tokens in {result.wall_seconds:.1f} s: "
         f"{result.generated_tokens / result.wall_seconds:.1f} tokens/s end to end "
-        f"({engine_tps:.1f} tokens/s inside the engines)"
+        f"({engine_tps:.1f} tokens/s inside the engines); whole answers in {out / 'answers.jsonl'}"
     )
+
+
+def preview(text: str, width: int = ANSWER_PREVIEW_CHARS) -> str:
+    """`text` on one line (whitespace runs become one space), cut to `width` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    if not flat:
+        return "(empty answer)"
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
 
 
 def generation_smoke(run: RunConfig, model_path: Path, out: Path) -> SmokeResult:

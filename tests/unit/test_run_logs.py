@@ -47,6 +47,7 @@ def test_the_console_keeps_rlaif_lines_and_errors_the_file_keeps_everything(
     try:
         logging.getLogger("rlaif.stages.sft").info("sft: 45 steps")
         logging.getLogger("rlaif").warning("a warning of ours")
+        logging.getLogger("rlaif.metrics").info("sft/loss=1.2 sft/step=3")
         logging.getLogger("somelib").info("library chatter")
         logging.getLogger("other.lib").warning("library warning")
         logging.getLogger("other.lib").error("library error")
@@ -58,8 +59,9 @@ def test_the_console_keeps_rlaif_lines_and_errors_the_file_keeps_everything(
     shown = console.getvalue()
     assert "sft: 45 steps" in shown and "a warning of ours" in shown and "library error" in shown
     assert "library chatter" not in shown and "library warning" not in shown and "deprecated thing" not in shown
+    assert "sft/loss=1.2" not in shown  # per-step metrics: file, W&B and progress bars only
     written = path.read_text()
-    for line in ("sft: 45 steps", "library chatter", "library warning", "library error"):
+    for line in ("sft: 45 steps", "sft/loss=1.2 sft/step=3", "library chatter", "library warning", "library error"):
         assert written.count(line) == 1, line
     assert written.count("FutureWarning: deprecated thing") == 1
     # Released: later records no longer reach this run's file.
@@ -93,3 +95,14 @@ def test_worker_logs_of_this_job_are_copied_under_their_actor_names(tmp_path: Pa
     ]
     assert (dest / "RolloutWorker-111.err").read_text().endswith("Traceback\n")
     assert copy_worker_logs(tmp_path / "missing", "01000000", dest) == []
+
+
+def test_smoke_answers_are_previewed_on_one_line() -> None:
+    from rlaif.stages.smoke import preview
+
+    assert preview("  Sure.\n\n```python\nprint(1)\n```  ") == "Sure. ```python print(1) ```"
+    long = "word " * 100
+    shown = preview(long, width=40)
+    assert len(shown) == 40 and shown.endswith("…") and "\n" not in shown
+    assert preview("x" * 50, width=10) == "x" * 9 + "…"  # one long token is cut, not dropped
+    assert preview(" \n ") == "(empty answer)"
