@@ -127,6 +127,26 @@ def cpu_shares(before: list[int] | None, after: list[int] | None) -> dict[str, f
     return {"busy": (total - idle - d[7]) / total, "steal": d[7] / total}
 
 
+def run_baseline(python: Path, argv: list[str], out: Path, label: str, timeout: int) -> dict[str, Any]:
+    """A peer's baseline script run by `python` (its own venv) in its own process; the JSON it wrote to `out`.
+
+    A failure comes back as ``{"error", "log_tail"}`` (and is printed), not raised.
+    """
+    out.unlink(missing_ok=True)
+    # A rendezvous left in the environment (this process's own torch.distributed group) would make
+    # accelerate start a distributed run there.
+    drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "CROSS_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("ACCELERATE_")}
+    proc = subprocess.run(
+        [str(python), *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        print("\n".join(tail))
+        return {"error": f"{label} exited {proc.returncode}", "log_tail": tail}
+    return dict(json.loads(out.read_text()))
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -49,7 +49,6 @@ import functools
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +62,7 @@ from bench.common import (
     median,
     require,
     resolve_bench_model,
+    run_baseline,
 )
 from bench.ppo import PHASES, build_reward_model, run_rlaif, summarise, with_cpu_shares
 
@@ -181,24 +181,8 @@ def run_rlaif_side(
 
 def run_trl_side(cfg: dict[str, Any], out: Path, timeout: int = 1500) -> dict[str, Any]:
     """bench/trl_grpo_baseline.py in bench/.venv-trl-grpo, its own process; its JSON result."""
-    out.unlink(missing_ok=True)
-    # A rendezvous left in the environment would make accelerate start a distributed run.
-    drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "CROSS_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("ACCELERATE_")}
-    proc = subprocess.run(
-        [str(TRL_GRPO_PYTHON), str(ROOT / "bench" / "trl_grpo_baseline.py"), json.dumps(cfg), str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0 or not out.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-        print("\n".join(tail))
-        return {"error": f"trl grpo exited {proc.returncode}", "log_tail": tail}
-    return dict(json.loads(out.read_text()))
+    script = str(ROOT / "bench" / "trl_grpo_baseline.py")
+    return run_baseline(TRL_GRPO_PYTHON, [script, json.dumps(cfg), str(out)], out, "trl grpo", timeout)
 
 
 def one_run(r: int, sides: dict[str, Any], shape: Shape, warmup: int) -> dict[str, Any]:

@@ -49,7 +49,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, TRL_PYTHON, Settings, Skipped, bench_cache, log, median, require, resolve_bench_model
+from bench.common import (
+    ROOT,
+    TRL_PYTHON,
+    Settings,
+    Skipped,
+    bench_cache,
+    log,
+    median,
+    require,
+    resolve_bench_model,
+    run_baseline,
+)
 
 LR = 1e-5
 SOFT_LABELS = (0.6, 0.7, 0.8, 0.9)
@@ -189,25 +200,8 @@ def run_rlaif(cfg: dict[str, Any], out: Path, timeout: int = 1500) -> dict[str, 
 def run_trl(mode: str, cfg: dict[str, Any], out: Path, timeout: int = 1500) -> dict[str, Any]:
     if not TRL_PYTHON.exists():
         return {"skipped": "the TRL baseline venv bench/.venv-trl is missing: run bash bench/setup.sh"}
-    out.unlink(missing_ok=True)
-    # A rendezvous left in the environment by this process's own torch.distributed group would make
-    # accelerate start a distributed run there.
-    drop = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "CROSS_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("ACCELERATE_")}
-    proc = subprocess.run(
-        [str(TRL_PYTHON), str(ROOT / "bench" / "trl_baseline.py"), mode, json.dumps(cfg), str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0 or not out.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
-        print("\n".join(tail))
-        return {"error": f"trl {mode} exited {proc.returncode}", "log_tail": tail}
-    return dict(json.loads(out.read_text()))
+    script = str(ROOT / "bench" / "trl_baseline.py")
+    return run_baseline(TRL_PYTHON, [script, mode, json.dumps(cfg), str(out)], out, f"trl {mode}", timeout)
 
 
 def side_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
