@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import ray
+from ray.util.placement_group import PlacementGroup
 
 from rlaif.actors.cluster import RoleGroupSpec, in_bundle, reserve
 
@@ -53,25 +54,54 @@ def engine_env(cpus: float, threads_per_worker: int | None = None) -> dict[str, 
 class ActorPool:
     """`num_workers` actors of `cls`, each built with `args`, placed per `spec`."""
 
-    def __init__(self, cls: type, spec: RoleGroupSpec, args: tuple[Any, ...], env: dict[str, str]) -> None:
+    def __init__(
+        self, cls: type, spec: RoleGroupSpec, args: tuple[Any, ...], env: dict[str, str], wait: bool = True
+    ) -> None:
+        """Reserve the placement group, start the actors and, with `wait`, wait until every one is built.
+
+        With ``wait=False`` the constructor returns once the actors are requested, and
+        `wait_ready` does the waiting: so several roles start side by side (docs/design.md §2).
+        """
         self.spec = spec
-        self.placement = reserve(spec)
-        remote_cls = ray.remote(
-            num_cpus=spec.cpus_per_worker,
-            num_gpus=spec.gpus_per_worker,
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_TASK_RETRIES,
-        )(cls)
-        self.actors = [
-            remote_cls.options(
-                scheduling_strategy=in_bundle(self.placement, i),
-                runtime_env={"env_vars": env},
-                name=None,
-            ).remote(*args)
-            for i in range(spec.num_workers)
-        ]
-        # Wait for every actor's constructor (engine start-up) so failures surface here, not mid-batch.
-        ray.get([a.__ray_ready__.remote() for a in self.actors])
+        self.placement: PlacementGroup | None = reserve(spec)
+        self.actors: list[Any] = []
+        self._starting: list[ray.ObjectRef[Any]] | None = None
+        try:
+            remote_cls = ray.remote(
+                num_cpus=spec.cpus_per_worker,
+                num_gpus=spec.gpus_per_worker,
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_TASK_RETRIES,
+            )(cls)
+            self.actors = [
+                remote_cls.options(
+                    scheduling_strategy=in_bundle(self.placement, i),
+                    runtime_env={"env_vars": env},
+                    name=None,
+                ).remote(*args)
+                for i in range(spec.num_workers)
+            ]
+            self._starting = [a.__ray_ready__.remote() for a in self.actors]
+        except BaseException:
+            self.shutdown()
+            raise
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every actor's constructor (engine start-up) has finished; a no-op once it has.
+
+        Failures surface here, not mid-batch, raised as Ray gives them (`ray.get` of every
+        actor's ready call), once the pool's actors are killed and its placement group removed.
+        """
+        if self._starting is None:
+            return
+        try:
+            ray.get(self._starting)
+        except BaseException:
+            self.shutdown()
+            raise
+        self._starting = None
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -98,9 +128,13 @@ class ActorPool:
         return [{"index": i, **where} for i, where in enumerate(found)]
 
     def shutdown(self) -> None:
+        """Kill the actors and free their placement group; the pool is unusable afterwards."""
         for actor in self.actors:
             ray.kill(actor)
-        ray.util.remove_placement_group(self.placement)
+        self.actors = []
+        if self.placement is not None:
+            ray.util.remove_placement_group(self.placement)
+            self.placement = None
 
 
 def gather(refs: Sequence[ray.ObjectRef]) -> list[Any]:

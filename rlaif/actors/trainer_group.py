@@ -112,8 +112,9 @@ class TrainerGroup:
         torch_extensions_dir: str | None = None,
         ready_timeout_s: float = 900.0,
         malloc: str = "retain",
+        wait: bool = True,
     ) -> None:
-        """Start the ranks and wait until every constructor (model load, rendezvous) has finished.
+        """Start the ranks and, with `wait`, wait until every constructor (model load, rendezvous) has finished.
 
         Args:
             trainer_cls: a plain class whose constructor takes `trainer_args` plus
@@ -123,6 +124,8 @@ class TrainerGroup:
             torch_extensions_dir: DeepSpeed's op cache; default `default_torch_extensions_dir()`.
             ready_timeout_s: how long the constructors may take (the first run compiles ops).
             malloc: how the ranks' malloc treats freed memory: "retain" (keep it) or "system" (glibc's defaults).
+            wait: False to return once the ranks are requested and wait in `wait_ready`, so that
+                other roles start beside them (docs/design.md §2). `ready_timeout_s` counts from here.
         """
         clash = sorted(set(_RANK_ARGS) & set(trainer_args))
         if clash:
@@ -133,6 +136,8 @@ class TrainerGroup:
         self.world_size = spec.num_workers
         self.placement: PlacementGroup | None = reserve(spec)
         self.actors: list[Any] = []
+        self._starting: list[Any] | None = None
+        self._ready_timeout_s = ready_timeout_s
         try:
             self.master_addr, self.master_port = ray.get(
                 _address_and_port.options(num_cpus=0.01, scheduling_strategy=in_bundle(self.placement, 0)).remote()
@@ -152,11 +157,26 @@ class TrainerGroup:
                         master_port=self.master_port,
                     )
                 )
-            self._get_all([a.__ray_ready__.remote() for a in self.actors], "start", ready_timeout_s)
+            self._starting = [a.__ray_ready__.remote() for a in self.actors]
+            self._started_at = time.monotonic()
         except BaseException:
             self.shutdown()
             raise
-        log.info("%s: %d ranks up, master %s:%d", spec.name, self.world_size, self.master_addr, self.master_port)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every rank's constructor has finished; a no-op once it has.
+
+        Raises:
+            TrainerGroupError: a rank failed or `ready_timeout_s` passed since the ranks were
+                started; the group has been shut down.
+        """
+        if self._starting is None:
+            return
+        self._get_all(self._starting, "start", self._ready_timeout_s, since=self._started_at)
+        self._starting = None
+        log.info("%s: %d ranks up, master %s:%d", self.spec.name, self.world_size, self.master_addr, self.master_port)
 
     def run(self, method_name: str, per_rank_args: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Call ``method_name(*per_rank_args[rank])`` on every rank; results in rank order."""
@@ -200,9 +220,14 @@ class TrainerGroup:
             ray.util.remove_placement_group(self.placement)
             self.placement = None
 
-    def _get_all(self, refs: list[Any], what: str, timeout_s: float | None = None) -> list[Any]:
-        """Results of `refs` in order; on the first failure (or timeout) shut the group down and raise."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    def _get_all(
+        self, refs: list[Any], what: str, timeout_s: float | None = None, since: float | None = None
+    ) -> list[Any]:
+        """Results of `refs` in order; on the first failure (or timeout) shut the group down and raise.
+
+        The timeout counts from `since` (a `time.monotonic()` reading), else from now.
+        """
+        deadline = None if timeout_s is None else (time.monotonic() if since is None else since) + timeout_s
         pending = list(refs)
         while pending:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -7,7 +7,11 @@
 - the reward: a pool of `RewardScorer` actors over ``<run_dir>/reward_model/model``
   (`cluster.reward_scorer`), or a registered rule reward (`rlaif.core.rewards`) run in
   the driver, behind one `Scorer` protocol;
-- the weight-sync group between learner rank 0 and every engine (`PolicySync`).
+- the weight-sync group between learner rank 0 and every engine (`PolicySync`), once all
+  of them are up.
+
+Where no two roles can share a GPU the three start side by side and are waited for once
+(`starts_together`); otherwise one after another.
 
 Placement (``ppo.placement``): ``disaggregated`` gives each role its own bundles (CPUs
 or whole GPUs); ``colocated`` gives learner and rollout fractional GPUs of the same
@@ -53,6 +57,8 @@ class Scorer(Protocol):
 
     def score(self, samples: Sequence[RewardSample]) -> list[float]: ...
 
+    def wait_ready(self) -> None: ...
+
     def shutdown(self) -> None: ...
 
 
@@ -71,6 +77,9 @@ class RewardModelScorer:
         ]
         return [r for part in ray.get(refs) for r in part]
 
+    def wait_ready(self) -> None:
+        self.pool.wait_ready()
+
     def shutdown(self) -> None:
         self.pool.shutdown()
 
@@ -83,6 +92,9 @@ class RuleScorer:
 
     def score(self, samples: Sequence[RewardSample]) -> list[float]:
         return self.fn(samples)
+
+    def wait_ready(self) -> None:
+        pass
 
     def shutdown(self) -> None:
         pass
@@ -188,6 +200,25 @@ def role_specs(run: RunConfig) -> tuple[RoleGroupSpec, RoleGroupSpec, RoleGroupS
     return spec("learner", learner), spec("rollout", rollout), spec("reward_scorer", c.reward_scorer)
 
 
+def starts_together(run: RunConfig, reward_model: bool) -> bool:
+    """Whether learner, rollout and (with `reward_model`) reward scorers may start side by side.
+
+    Either way each role reserves its placement group (waiting until it is placed) before its
+    actors are requested, one role after another, and keeps it to the end: the cluster must hold
+    all three groups at once in both orders, a cluster too small fails in `reserve` in both, and
+    no two half-placed groups can wait on each other. Only the actors' constructors overlap.
+    That is unsafe where two roles can land on one GPU (``ppo.placement=colocated``, or more
+    than one role given fractions of a GPU): a GPU engine sizes its cache from the memory it
+    finds free as it starts, which a model loading beside it would change. Those start in turn
+    (docs/design.md §2).
+    """
+    if run.ppo.placement == "colocated":
+        return False
+    specs = role_specs(run)
+    roles = specs if reward_model else specs[:2]
+    return sum(1 for r in roles if r.gpus_per_worker % 1) <= 1
+
+
 def role_threads(r: RoleResources) -> int:
     """The OpenMP threads an actor of a role runs (`rlaif.actors.pool.engine_env`, `trainer_env`)."""
     return r.threads_per_worker or max(1, int(r.cpus_per_worker))
@@ -269,14 +300,18 @@ class PPORoles:
         backend = sync_backend(run)
         if warning := async_thread_warning(run, os.cpu_count() or 1):
             log.warning("rl_cai: %s", warning)
+        # Side by side: every role is requested without waiting, then all are waited for (`starts_together`).
+        together = starts_together(run, reward_model=paths.reward_model is not None)
         log.info(
-            "rl_cai: starting %d learner rank(s) (%s) and %d rollout engine(s) (%s, weight sync over %s)",
+            "rl_cai: starting %d learner rank(s) (%s) and %d rollout engine(s) (%s, weight sync over %s), %s",
             learner_spec.num_workers,
             "actor, critic, reference" if uses_critic(run.ppo.advantage) else "actor, reference; no critic",
             rollout_spec.num_workers,
             run.ppo.placement,
             backend,
+            "side by side" if together else "one after another",
         )
+        wait = not together
         started: list[TrainerGroup | ActorPool | Scorer] = []
         try:
             self.learner = TrainerGroup(
@@ -284,6 +319,7 @@ class PPORoles:
                 learner_spec,
                 learner_args(run, paths, learner_spec.num_workers),
                 malloc=run.cluster.trainer_malloc,
+                wait=wait,
             )
             started.append(self.learner)
             spec = dataclasses.replace(engine_spec(run, str(paths.policy)), enable_sleep_mode=self.colocated)
@@ -292,10 +328,15 @@ class PPORoles:
                 rollout_spec,
                 (spec,),
                 engine_env(rollout_spec.cpus_per_worker, run.cluster.rollout.threads_per_worker),
+                wait=wait,
             )
             started.append(self.rollout)
-            self.scorer = _make_scorer(run, paths, scorer_spec)
+            self.scorer = _make_scorer(run, paths, scorer_spec, wait)
             started.append(self.scorer)
+            # In role order: the first failure raised is the one re-raised, after every role
+            # (ready or still starting) is shut down below.
+            for role in started:
+                role.wait_ready()
             self.sync = PolicySync(self.learner, self.rollout, backend, run.ppo.sync_bucket_mb << 20)
         except BaseException:
             for role in reversed(started):
@@ -357,7 +398,8 @@ class PPORoles:
             role.shutdown()
 
 
-def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec) -> Scorer:
+def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec, wait: bool) -> Scorer:
+    """The reward: a rule run in the driver, or reward scorers (not waited for unless `wait`)."""
     if paths.reward_model is None:
         return RuleScorer(build_rule_reward(run.ppo.reward))
     args = (
@@ -373,4 +415,4 @@ def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec) -> Scor
         # Scoring is torch forward passes, as on the learner: keep their freed activations too.
         **malloc_env(run.cluster.trainer_malloc),
     }
-    return RewardModelScorer(ActorPool(RewardScorer, spec, args, env))
+    return RewardModelScorer(ActorPool(RewardScorer, spec, args, env, wait=wait))

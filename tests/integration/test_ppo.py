@@ -237,6 +237,32 @@ def test_colocated_placement_is_gpu_only_and_says_so() -> None:
     assert sync_backend(_compose([*gpu, "cluster.rollout.gpus_per_worker=0.5"])) == "gloo"
 
 
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_learner_that_fails_to_start_takes_the_roles_started_beside_it_down(tiny_model: Path, tmp_path: Path) -> None:
+    """The three roles start side by side; the learner fails, and the rollout engine is shut down with it.
+
+    The critic starts from the reward model, here a missing folder: the learner rank fails in its
+    constructor (and so does the reward scorer, which is never waited for), while the rollout
+    engine (transformers, no vLLM) starts fine. The learner's error is raised, and every
+    placement group the roles reserved is removed.
+    """
+    from rlaif.actors.cluster import reserve
+    from rlaif.actors.trainer_group import TrainerGroupError
+    from rlaif.stages.ppo_roles import ModelPaths, PPORoles, starts_together
+
+    def live_groups() -> set[str]:
+        return {k for k, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"}
+
+    run = _compose([f"run_dir={tmp_path}", "engine=transformers", "engine.max_model_len=256"])
+    assert starts_together(run, reward_model=True)
+    before = live_groups()
+    with pytest.raises(TrainerGroupError, match=r"learner: rank 0 failed in start"):
+        PPORoles(run, ModelPaths(tiny_model, tmp_path / "missing"))
+    assert live_groups() == before
+    # Learner (1), rollout (0.5) and scorer (0.5) held both CPUs: all of them are free again.
+    ray.util.remove_placement_group(reserve(RoleGroupSpec("all", 1, 2, 0), timeout_s=60))
+
+
 def _policy_that_sometimes_says(tiny_model: Path, dest: Path, word: str, p_target: float) -> tuple[Path, int]:
     """The tiny model, changed to say `word` about `p_target` of the time; returns its folder and the token id.
 

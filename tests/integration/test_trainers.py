@@ -17,6 +17,7 @@ import ray
 import torch
 
 from rlaif.actors.cluster import RoleGroupSpec, reserve
+from rlaif.actors.pool import ActorPool
 from rlaif.actors.trainer_group import TrainerGroup, TrainerGroupError
 from rlaif.engines.base import Message
 from rlaif.trainers.ds_config import ADAM_BETAS, CPU_ADAM_KEY, build_ds_config
@@ -386,3 +387,44 @@ def test_trainer_ranks_keep_freed_memory_when_told_to() -> None:
     assert faults["system"] > 4 * 15000, faults
     with pytest.raises(ValueError, match="trainer_malloc"):
         TrainerGroup(MallocProbe, spec, {}, malloc="jemalloc")
+
+
+class StandIn:
+    """A stand-in pool actor or trainer rank that starts at once, or fails to start when told to."""
+
+    def __init__(
+        self, fail: bool, rank: int = 0, world_size: int = 1, master_addr: str = "", master_port: int = 0
+    ) -> None:
+        if fail:
+            raise RuntimeError("this stand-in was told to fail")
+
+    def ping(self) -> str:
+        return "up"
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_roles_started_without_waiting_fail_in_wait_ready_and_free_their_resources() -> None:
+    pool_spec = RoleGroupSpec("standin-pool", num_workers=1, cpus_per_worker=0.5, gpus_per_worker=0)
+    group_spec = RoleGroupSpec("standin-group", num_workers=2, cpus_per_worker=0.5, gpus_per_worker=0)
+    # Both requested before either is waited for; waiting again is a no-op, and so is a second shutdown.
+    pool = ActorPool(StandIn, pool_spec, (False,), {}, wait=False)
+    group = TrainerGroup(StandIn, group_spec, {"fail": False}, wait=False)
+    try:
+        for role in (pool, group, pool, group):
+            role.wait_ready()
+        assert pool.call_all("ping") == ["up"] and group.run_all("ping") == ["up", "up"]
+    finally:
+        pool.shutdown()
+        group.shutdown()
+        pool.shutdown()
+    # A constructor's failure surfaces in wait_ready, raised as a waiting constructor raises it.
+    pool = ActorPool(StandIn, pool_spec, (True,), {}, wait=False)
+    with pytest.raises(ray.exceptions.RayActorError, match="told to fail"):
+        pool.wait_ready()
+    group = TrainerGroup(StandIn, group_spec, {"fail": True}, wait=False)
+    with pytest.raises(TrainerGroupError, match=r"standin-group: rank \d failed in start"):
+        group.wait_ready()
+    with pytest.raises(ray.exceptions.RayActorError, match="told to fail"):
+        ActorPool(StandIn, pool_spec, (True,), {})
+    # Every failed role's placement group is gone: both CPUs can be reserved again.
+    ray.util.remove_placement_group(reserve(RoleGroupSpec("all", 1, 2, 0), timeout_s=60))

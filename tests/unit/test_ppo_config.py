@@ -98,6 +98,25 @@ def test_async_rollout_warns_when_rollout_and_learner_threads_exceed_the_cores()
     assert async_thread_warning(compose_run(["cluster.rollout.threads_per_worker=2"]), cores=2) is None
 
 
+def test_roles_start_side_by_side_unless_two_could_share_a_gpu() -> None:
+    from rlaif.stages.ppo_roles import starts_together
+
+    # CPU roles each hold their own bundles: learner, rollout and scorer start together.
+    assert starts_together(compose_run([]), reward_model=True)
+    gpu = ["engine=vllm-gpu", *(f"cluster.{r}.gpus_per_worker=1" for r in ("learner", "rollout", "reward_scorer"))]
+    assert starts_together(compose_run(gpu), reward_model=True)
+    # Colocated: learner and engines share GPUs, so the engines start after the learner's models load.
+    colocated = [*gpu, "ppo.placement=colocated", "cluster.learner.gpus_per_worker=0.5"]
+    assert not starts_together(compose_run([*colocated, "cluster.rollout.gpus_per_worker=0.5"]), reward_model=False)
+    # Disaggregated, but two roles given GPU fractions may be packed onto one device.
+    halves = compose_run([*gpu, "cluster.rollout.gpus_per_worker=0.5", "cluster.reward_scorer.gpus_per_worker=0.5"])
+    assert not starts_together(halves, reward_model=True)
+    # A rule reward starts no scorers: only the rollout takes fractions, and nothing shares its GPUs.
+    assert starts_together(halves, reward_model=False)
+    one_half = compose_run([*gpu, "cluster.reward_scorer.gpus_per_worker=0.5"])
+    assert starts_together(one_half, reward_model=True)
+
+
 def test_critic_free_estimators_start_no_critic() -> None:
     from rlaif.stages.ppo_roles import ModelPaths, learner_args, reuses_value_forward
 
