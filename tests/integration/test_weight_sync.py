@@ -140,7 +140,9 @@ def test_direct_sync_matches_an_engine_loaded_from_disk(tiny_model: Path, tmp_pa
             sent_stats, recv_stats = ray.get([sent, received])
             assert recv_stats.path == "direct" and recv_stats.bytes == sent_stats.bytes
             disk_spec = EngineSpec(model_path=str(folder), backend="vllm", max_model_len=256)
-            disk = ActorPool(SyncedRollout, spec, (disk_spec,), engine_env(1))
+            # A second pool beside the synced one: its own name (placement group names are unique).
+            disk_role = RoleGroupSpec("rollout-from-disk", num_workers=1, cpus_per_worker=1, gpus_per_worker=0)
+            disk = ActorPool(SyncedRollout, disk_role, (disk_spec,), engine_env(1))
             try:
                 want, got = disk.call_all("outputs")[0], pool.call_all("outputs")[0]
                 want_lps, got_lps = disk.call_all("greedy_logprobs")[0], pool.call_all("greedy_logprobs")[0]
