@@ -516,27 +516,40 @@ def _sync(r: dict[str, Any], out: Path) -> list[str]:
     md = ["## 5. Weight sync", ""]
     if not r or _status(r):
         return [*md, _status(r) or "_not run_", ""]
-    floor = {f["bytes"]: f for f in r.get("floor", [])}
+    # The floor each sync is compared with: an all-core copy of the same bytes (older results have no kind).
+    floor = {f["bytes"]: f for f in r.get("floor", []) if f.get("kind", "copy") == "copy"}
     rows = []
     learner = r.get("rlaif")
     if isinstance(learner, list):
         for x in learner:
             fl = floor.get(x["bytes_per_engine"])
+            paths = "/".join(x.get("load_paths", [])) or "reload"
             rows.append(
                 [
                     x["source"],
                     f"{x['bytes_per_engine'] / 1e6:,.0f}",
-                    f"learner → {x['engines']} engine(s)",
+                    f"learner → {x['engines']} engine(s), {paths}",
                     x["seconds_median"],
+                    x["bytes_per_engine"] / 1e9 / x["seconds_median"],
                     fl["seconds_median"] if fl else None,
                     _ratio(x["seconds_median"], fl["seconds_median"]) if fl else "—",
                 ]
             )
+    kinds = {
+        "copy": "in-process copy (floor)",
+        "copy_1thread": "copy, 1 thread",
+        "pack_1thread": "vLLM-CPU repack, 1 thread",
+    }
     for f in r.get("floor", []):
-        rows.append([f["source"], f"{f['bytes'] / 1e6:,.0f}", "in-process copy (floor)", f["seconds_median"], None, ""])
-    md += _table(["model", "MB", "path", "seconds", "floor seconds", "× floor"], rows)
+        label = kinds.get(f.get("kind", "copy"), f.get("kind", ""))
+        rows.append([f["source"], f"{f['bytes'] / 1e6:,.0f}", label, f["seconds_median"], f["gb_per_s"], None, ""])
+    md += _table(["model", "MB", "path", "seconds", "GB/s per engine", "floor seconds", "× floor"], rows)
     if isinstance(learner, dict) and _status(learner):
         md.append(f"- learner → engines: {_status(learner)}")
+    first = {(x["source"], x["engines"]): x["first_push_seconds"] for x in learner or [] if "first_push_seconds" in x}
+    if first:
+        shown = ", ".join(f"{s} → {n}: {sec:.2f} s" for (s, n), sec in first.items())
+        md.append(f"- first push of each pool (shared file faulted in, load plans built), not in the medians: {shown}")
     md += ["", "![sync time vs bytes](sync.png)", ""]
     try:
         import matplotlib
@@ -549,7 +562,7 @@ def _sync(r: dict[str, Any], out: Path) -> list[str]:
             for n in sorted({x["engines"] for x in learner}):
                 pts = sorted((x["bytes_per_engine"], x["seconds_median"]) for x in learner if x["engines"] == n)
                 ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker="o", label=f"learner → {n} engine(s)")
-        pts = sorted((f["bytes"], f["seconds_median"]) for f in r.get("floor", []))
+        pts = sorted((f["bytes"], f["seconds_median"]) for f in r.get("floor", []) if f.get("kind", "copy") == "copy")
         ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], "k--", marker="x", label="in-process copy (floor)")
         ax.set_xscale("log")
         ax.set_yscale("log")

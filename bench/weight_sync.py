@@ -5,9 +5,12 @@
 
 Starts a local Ray cluster, one real `PPOTrainer` rank (ZeRO-2 on CPU) and, for each
 engine count, a pool of `RolloutWorker` actors joined to it by `PolicySync`; each push
-is timed from the first receive call to the last engine's reload (gather, gloo
-broadcast, and vLLM's in-place reload with CPU re-packing). Prints one JSON object.
-Run it on an idle machine: shared cores make every number noisy.
+is timed from the first receive call to the last engine's load (gather, the shared-memory
+or gloo transfer, and each engine's load: ``direct`` into its own tensors with CPU
+re-packing, or vLLM's ``reload``; docs/design.md §5). The first push of each pool is
+reported apart (``first_push_seconds``): it faults in the shared file's pages and builds
+the engines' load plans, once per run. Prints one JSON object. Run it on an idle
+machine: shared cores make every number noisy.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import statistics
 import ray
 
 from rlaif.actors.cluster import RoleGroupSpec, start_local
-from rlaif.actors.policy_sync import PolicySync
+from rlaif.actors.policy_sync import PolicySync, SyncReport
 from rlaif.actors.pool import ActorPool, engine_env
 from rlaif.actors.rollout import RolloutWorker
 from rlaif.actors.trainer_group import TrainerGroup
@@ -53,28 +56,39 @@ def measure(model: str, engines: list[int], bucket_mb: list[int], repeats: int) 
             pool = ActorPool(RolloutWorker, RoleGroupSpec("rollout", n, 1, 0), (spec,), engine_env(1))
             try:
                 sync = PolicySync(learner, pool, "gloo", bucket_mb[0] << 20)
+                first = sync.push(1)
+                version = 1
                 for mb in bucket_mb:
                     sync.bucket_bytes = mb << 20
-                    reports = [sync.push(version) for version in range(1, repeats + 1)]
-                    seconds = [r.seconds for r in reports]
-                    results.append(
-                        {
-                            "engines": n,
-                            "bucket_mb": mb,
-                            "buckets": reports[0].buckets,
-                            "bytes_per_engine": reports[0].bytes,
-                            "mb_per_engine": reports[0].bytes / 1e6,
-                            "seconds_median": statistics.median(seconds),
-                            "seconds": seconds,
-                            "send_seconds_median": statistics.median(r.send_seconds for r in reports),
-                            "gb_per_s_all_engines": n * reports[0].bytes / 1e9 / statistics.median(seconds),
-                        }
-                    )
+                    reports = [sync.push(version + k) for k in range(1, repeats + 1)]
+                    version += repeats
+                    results.append(_row(n, mb, first, reports))
             finally:
                 pool.shutdown()
     finally:
         learner.shutdown()
     return results
+
+
+def _row(engines: int, bucket_mb: int, first: SyncReport, reports: list[SyncReport]) -> dict:
+    seconds = [r.seconds for r in reports]
+    mid = statistics.median(seconds)
+    return {
+        "engines": engines,
+        "bucket_mb": bucket_mb,
+        "buckets": reports[0].buckets,
+        "bytes_per_engine": reports[0].bytes,
+        "mb_per_engine": reports[0].bytes / 1e6,
+        "seconds_median": mid,
+        "seconds": seconds,
+        "send_seconds_median": statistics.median(r.send_seconds for r in reports),
+        # Bytes each engine took per second of a sync, and over all engines.
+        "gb_per_s_per_engine": reports[0].bytes / 1e9 / mid,
+        "gb_per_s_all_engines": engines * reports[0].bytes / 1e9 / mid,
+        # How each engine loaded the weights ("direct" or "reload"), over all timed pushes.
+        "load_paths": sorted({p for r in reports for p in r.load_paths}),
+        "first_push_seconds": first.seconds,
+    }
 
 
 def main() -> None:

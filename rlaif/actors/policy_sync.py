@@ -14,7 +14,7 @@ members; `recover` also pushes the current policy again. `push` calls `rejoin_re
 first, so a push never waits on a member that is gone.
 
     sync = PolicySync(learner_group, rollout_pool, backend="gloo", bucket_bytes=64 << 20)
-    report = sync.push(version=1)      # report.bytes, report.seconds, report.restarts
+    report = sync.push(version=1)      # report.bytes, report.seconds, report.load_paths, report.restarts
     restarted = sync.recover()         # after sampling: 0, or engines rejoined at sync.version
 """
 
@@ -39,9 +39,12 @@ class SyncReport:
     """One sync: what moved and how long it took.
 
     ``seconds`` is the wall time from the first receive call to the last engine's
-    reload; ``send_seconds`` is rank 0's broadcast alone (gathers included).
-    ``bytes`` is what each engine received (the same for all). ``restarts`` counts the
-    rollout actors found restarted (and rejoined) just before this push.
+    load; ``send_seconds`` is rank 0's broadcast (gathers included), which ends once the
+    engines have taken the last bucket: they load each bucket as it arrives, so it includes
+    their loading of all but the last. ``bytes`` is what each engine received (the same for
+    all). ``load_paths`` says how each engine loaded the weights ("direct" or "reload",
+    docs/design.md §5). ``restarts`` counts the rollout actors found restarted (and
+    rejoined) just before this push.
     """
 
     version: int
@@ -51,6 +54,7 @@ class SyncReport:
     seconds: float
     send_seconds: float
     restarts: int = 0
+    load_paths: tuple[str, ...] = ()
 
 
 class PolicySync:
@@ -130,4 +134,5 @@ class PolicySync:
             raise RuntimeError(f"weight sync v{version}: sent {sent.bytes} bytes, the engines received {got}")
         self.version = version
         seconds = time.perf_counter() - started
-        return SyncReport(version, sent.bytes, sent.buckets, len(received), seconds, sent.seconds, restarts)
+        paths = tuple(r.path for r in received)
+        return SyncReport(version, sent.bytes, sent.buckets, len(received), seconds, sent.seconds, restarts, paths)

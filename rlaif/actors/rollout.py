@@ -8,6 +8,7 @@ store, docs/design.md §7) and are handed to the engine as torch tensors.
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -15,9 +16,9 @@ import numpy as np
 import torch
 
 from rlaif.core.buckets import TensorMeta
-from rlaif.engines.base import EngineSpec, Generation, Prompt, SamplingParams, ThroughputStats
+from rlaif.engines.base import EngineSpec, Generation, Prompt, SamplingParams, ThroughputStats, WeightLoad
 from rlaif.engines.factory import build_engine
-from rlaif.engines.weight_sync import TIMEOUT_S, SyncGroup, SyncStats, receive_state
+from rlaif.engines.weight_sync import TIMEOUT_S, ReceivedState, SyncGroup, SyncStats
 
 
 class RolloutWorker:
@@ -43,18 +44,28 @@ class RolloutWorker:
         return self._incarnation
 
     def receive_weights(self, metas: Sequence[TensorMeta], bucket_bytes: int, version: int) -> SyncStats:
-        """Take part in one broadcast from the learner, then load the weights into the engine."""
+        """Take part in one broadcast from the learner, loading each bucket into the engine as it arrives.
+
+        Returns the bytes and buckets received, the seconds until the engine had loaded them all
+        (receiving and loading overlap), and the engine's load path (docs/design.md §5).
+        """
         if self.sync_group is None:
             raise RuntimeError("receive_weights called before join_sync_group")
-        named, stats = receive_state(self.sync_group, metas, bucket_bytes)
-        self.engine.update_weights(named, version)
-        return stats
+        started = time.perf_counter()
+        received = ReceivedState(self.sync_group, metas, bucket_bytes)
+        try:
+            load = self.engine.update_weights(received, version)
+        finally:
+            # Whatever the engine did, every bucket must be taken, or the group falls out of step.
+            received.drain()
+        assert received.stats is not None
+        return received.stats._replace(seconds=time.perf_counter() - started, path=load.path)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         return self.engine.generate(prompts, params)
 
-    def update_weights(self, named_arrays: Sequence[tuple[str, np.ndarray]], version: int) -> None:
-        self.engine.update_weights(((name, torch.from_numpy(a)) for name, a in named_arrays), version)
+    def update_weights(self, named_arrays: Sequence[tuple[str, np.ndarray]], version: int) -> WeightLoad:
+        return self.engine.update_weights(((name, torch.from_numpy(a)) for name, a in named_arrays), version)
 
     def sleep(self) -> None:
         """Free the engine's GPU memory while a colocated learner trains (GPU engines only)."""

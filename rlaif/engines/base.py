@@ -170,6 +170,17 @@ class ThroughputStats(NamedTuple):
     generated_tokens_per_s: float
 
 
+class WeightLoad(NamedTuple):
+    """How an engine took new weights in: ``path`` names the route (docs/design.md §5), ``seconds`` its time.
+
+    vLLM: "direct" (copied and repacked in place) or "reload" (vLLM's own in-place reload);
+    transformers: "copy".
+    """
+
+    path: str
+    seconds: float
+
+
 class Engine(Protocol):
     """What rollout, critic and judge roles need from an inference backend."""
 
@@ -179,7 +190,9 @@ class Engine(Protocol):
 
     def score_options(self, requests: Sequence[OptionRequest]) -> list[OptionScores]: ...
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None: ...
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> WeightLoad:
+        """Load the named tensors (the learner's names), consuming them in order, then serve `version`."""
+        ...
 
     def stats(self) -> ThroughputStats: ...
 

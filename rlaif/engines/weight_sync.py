@@ -20,7 +20,7 @@ import datetime
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -37,9 +37,12 @@ _GROW_BYTES = 64 << 20
 
 
 class SyncStats(NamedTuple):
+    """One member's side of a transfer. ``path`` (receivers): how the engine took the weights in."""
+
     bytes: int
     seconds: float
     buckets: int
+    path: str = ""
 
 
 class SyncGroup:
@@ -195,20 +198,57 @@ def send_state(
     return SyncStats(sent, time.perf_counter() - start, len(plan))
 
 
+class ReceivedState:
+    """Other ranks: one transfer's tensors, named, yielded as each bucket arrives (iterate once).
+
+    An engine that loads the tensors while iterating overlaps its load with rank 0's sending of
+    the later buckets. Every bucket must be received whatever the consumer does, or the group
+    falls out of step: `drain` receives whatever was not iterated. `stats` is set once the last
+    bucket has arrived. The tensors are views of the shared-memory file (or of each received
+    bucket) and stay valid until the next transfer starts.
+    """
+
+    def __init__(self, group: SyncGroup, metas: Sequence[TensorMeta], bucket_bytes: int) -> None:
+        self.group, self.metas = group, metas
+        self.plan = plan_buckets(metas, bucket_bytes)
+        self.stats: SyncStats | None = None if self.plan else SyncStats(0, 0.0, 0)
+        self._started, self._received, self._next = time.perf_counter(), 0, 0
+        self._broken = False
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        while self._next < len(self.plan):
+            yield from self._receive_next()
+
+    def drain(self) -> None:
+        """Receive (and drop) the buckets not iterated yet; nothing if the transport itself failed."""
+        while self._next < len(self.plan) and not self._broken:
+            self._receive_next()
+
+    def _receive_next(self) -> list[tuple[str, torch.Tensor]]:
+        bucket = self.plan[self._next]
+        dtype = getattr(torch, self.metas[bucket[0]].dtype)
+        try:
+            flat = self.group.receive_bucket(sum(self.metas[i].numel for i in bucket), dtype)
+        except Exception:
+            self._broken = True  # a timed-out or dead group: draining would only wait out the timeout again
+            raise
+        self._next += 1
+        self._received += flat.numel() * flat.element_size()
+        out, offset = [], 0
+        for i in bucket:
+            m = self.metas[i]
+            out.append((m.name, flat[offset : offset + m.numel].view(m.shape)))
+            offset += m.numel
+        if self._next == len(self.plan):
+            self.stats = SyncStats(self._received, time.perf_counter() - self._started, len(self.plan))
+        return out
+
+
 def receive_state(
     group: SyncGroup, metas: Sequence[TensorMeta], bucket_bytes: int
 ) -> tuple[list[tuple[str, torch.Tensor]], SyncStats]:
     """Other ranks: receive every bucket and cut it back into named tensors."""
-    start, received = time.perf_counter(), 0
-    plan = plan_buckets(metas, bucket_bytes)
-    out: list[tuple[str, torch.Tensor]] = []
-    for bucket in plan:
-        dtype = getattr(torch, metas[bucket[0]].dtype)
-        flat = group.receive_bucket(sum(metas[i].numel for i in bucket), dtype)
-        received += flat.numel() * flat.element_size()
-        offset = 0
-        for i in bucket:
-            m = metas[i]
-            out.append((m.name, flat[offset : offset + m.numel].view(m.shape)))
-            offset += m.numel
-    return out, SyncStats(received, time.perf_counter() - start, len(plan))
+    received = ReceivedState(group, metas, bucket_bytes)
+    named = list(received)
+    assert received.stats is not None
+    return named, received.stats

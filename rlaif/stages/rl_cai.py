@@ -187,6 +187,8 @@ def ppo_iteration(
         "sync_bytes": sync.bytes,
         "sync_buckets": sync.buckets,
         "sync_send_s": sync.send_seconds,
+        # How the engines loaded the weights: "direct" into their own tensors, or vLLM's "reload" (docs/design.md §5).
+        "sync_load_path": ",".join(sorted(set(sync.load_paths))),
         # Rollout actors that died and were restarted this iteration (while sampling, or before the sync).
         "actor_restarts": taken.restarts + sync.restarts,
         **{f"time_{k}_s": timer.seconds[k] for k in TIME_KEYS},

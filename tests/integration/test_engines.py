@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlaif.engines.base import Engine, EngineSpec, Message, OptionRequest, PromptTooLongError, SamplingParams
 from rlaif.engines.factory import build_engine
@@ -80,8 +81,42 @@ def test_update_weights_changes_output_and_restoring_brings_it_back(engines: tup
     perturbed = [(k, v * 1.5 if "mlp" in k else v) for k, v in original.items()]
     for version, weights in ((1, perturbed), (2, list(original.items()))):
         for engine in engines:
-            engine.update_weights(weights, version)
+            load = engine.update_weights(weights, version)
+            # vLLM-CPU loads a Llama straight into its own tensors (docs/design.md §5).
+            assert load.path == ("copy" if engine is engines[0] else "direct")
         outs = [[c.token_ids for g in e.generate(PROMPTS, params) for c in g.completions] for e in engines]
         assert outs[0] == outs[1], f"backends disagree after update to version {version}"
         assert (outs[1] == before) == (version == 2)
         assert vl.generate(PROMPTS[:1], params)[0].policy_version == version
+
+
+@pytest.mark.parametrize("engines", ["tiny"], indirect=True)
+def test_direct_load_and_vllm_reload_leave_the_same_engine(engines: tuple[Engine, Engine]) -> None:
+    """The direct path (copy + repack in place) and vLLM's own reload give identical outputs."""
+    from safetensors.torch import load_file
+
+    from rlaif.engines.vllm_weights import reload_in_worker
+
+    vl = engines[1]
+    path = Path(vl.spec.model_path)  # type: ignore[attr-defined]
+    original = load_file(str(path / "model.safetensors"))
+    gen = torch.Generator().manual_seed(7)
+    perturbed = [(k, v + 0.3 * torch.randn(v.shape, generator=gen)) for k, v in original.items()]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, logprobs=True)
+
+    def outputs() -> tuple[list, list, list]:
+        completions = [c for g in vl.generate(PROMPTS, params) for c in g.completions]
+        scores = [s.logprobs for s in vl.score_options(OPTIONS)]
+        return [c.token_ids for c in completions], [c.logprobs for c in completions], scores
+
+    try:
+        assert vl.update_weights(perturbed, 1).path == "direct"
+        direct = outputs()
+        vl.llm.collective_rpc(reload_in_worker, args=(perturbed,))  # type: ignore[attr-defined]
+        vl.llm.reset_prefix_cache()  # type: ignore[attr-defined]
+        reloaded = outputs()
+    finally:
+        vl.update_weights(list(original.items()), 2)  # the fixture is shared: put the weights back
+    assert direct[0] == reloaded[0]
+    for a, b in zip(direct[1] + direct[2], reloaded[1] + reloaded[2], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)

@@ -1,7 +1,8 @@
 """Weight sync: a learner-side sender broadcasts new weights to vLLM rollout actors over gloo.
 
 After the sync, each rollout engine's greedy output and option log-probs equal those of
-the sender's own model on the same prompts.
+the sender's own model on the same prompts, and (direct path, docs/design.md §5) those of a
+vLLM engine that loaded the same weights from disk.
 """
 
 from __future__ import annotations
@@ -65,11 +66,20 @@ class Sender:
         assert self.group is not None
         return self.group.shared_memory
 
+    def save(self, dest: str) -> None:
+        """Write the current (perturbed) weights as a model folder, for an engine that loads them from disk."""
+        self.engine.model.save_pretrained(dest, safe_serialization=True)
+        self.engine.tokenizer.save_pretrained(dest)
+
 
 class SyncedRollout(RolloutWorker):
     def outputs(self) -> tuple[list, list]:
         greedy = self.engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=10))
         return [g.completions[0].token_ids for g in greedy], [s.logprobs for s in self.engine.score_options(OPTIONS)]
+
+    def greedy_logprobs(self) -> list[tuple[float, ...]]:
+        greedy = self.engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=10))
+        return [g.completions[0].logprobs for g in greedy]
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -101,6 +111,47 @@ def test_broadcast_sync_makes_rollout_engines_match_the_learner(tiny_model: Path
                 assert scores[0] == pytest.approx(want_scores[0], abs=1e-4)
             assert pool.call_all("policy_version") == [version, version]
         assert pool.call_all("outputs")[0][0] != before[0][0]
+    finally:
+        pool.shutdown()
+        ray.kill(sender)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_direct_sync_matches_an_engine_loaded_from_disk(tiny_model: Path, tmp_path: Path) -> None:
+    """Synced straight into its tensors, an engine serves exactly what an engine built from those weights serves.
+
+    Two bucket sizes: 256 KB splits some fused layers (q/k/v, gate/up) across buckets, so they are
+    repacked through a copy; 64 MB keeps every layer back to back in the shared file, read in place.
+    """
+    sender = ray.remote(num_cpus=0)(Sender).remote(str(tiny_model))
+    spec = RoleGroupSpec("rollout", num_workers=1, cpus_per_worker=1, gpus_per_worker=0)
+    engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256)
+    pool = ActorPool(SyncedRollout, spec, (engine,), engine_env(1))
+    try:
+        addr, port = ray.get(sender.address.remote())
+        ray.get([sender.join.remote(addr, port, 2), pool.actors[0].join_sync_group.remote(addr, port, 1, 2, "gloo")])
+        metas = ray.get(sender.metas.remote())
+        for version, bucket in ((1, 256 * 1024), (2, 64 << 20)):
+            ray.get(sender.perturb.remote(10 + version))
+            folder = tmp_path / f"v{version}"
+            ray.get(sender.save.remote(str(folder)))
+            sent = sender.send.remote(bucket)
+            received = pool.actors[0].receive_weights.remote(metas, bucket, version)
+            sent_stats, recv_stats = ray.get([sent, received])
+            assert recv_stats.path == "direct" and recv_stats.bytes == sent_stats.bytes
+            disk_spec = EngineSpec(model_path=str(folder), backend="vllm", max_model_len=256)
+            # A second pool beside the synced one: its own name (placement group names are unique).
+            disk_role = RoleGroupSpec("rollout-from-disk", num_workers=1, cpus_per_worker=1, gpus_per_worker=0)
+            disk = ActorPool(SyncedRollout, disk_role, (disk_spec,), engine_env(1))
+            try:
+                want, got = disk.call_all("outputs")[0], pool.call_all("outputs")[0]
+                want_lps, got_lps = disk.call_all("greedy_logprobs")[0], pool.call_all("greedy_logprobs")[0]
+            finally:
+                disk.shutdown()
+            assert got[0] == want[0]  # greedy tokens
+            assert got[1][0] == pytest.approx(want[1][0], abs=1e-5)  # option scores
+            for a, b in zip(got_lps, want_lps, strict=True):
+                assert a == pytest.approx(b, abs=1e-5)
     finally:
         pool.shutdown()
         ray.kill(sender)

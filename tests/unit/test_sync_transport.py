@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlaif.core.buckets import plan_buckets
-from rlaif.engines.weight_sync import SyncGroup, receive_state, send_state, tensor_metas
+from rlaif.engines.weight_sync import ReceivedState, SyncGroup, receive_state, send_state, tensor_metas
 from rlaif.trainers.distributed import find_free_port
 
 BUCKET = 16 * 1024
@@ -63,3 +63,32 @@ def test_pushes_arrive_bit_exact_through_either_transport(shared_memory: bool) -
             assert received[-1][name].dtype == tensor.dtype
             assert torch.equal(received[-1][name], tensor), name
     assert not torch.equal(received[0]["embed"], received[1]["embed"])
+
+
+def test_a_receiver_that_stops_early_drains_and_the_group_stays_in_step() -> None:
+    """An engine that fails on its first tensor must still take every bucket: the next push then arrives intact."""
+    port, metas = find_free_port(), tensor_metas(make_state(0).items())
+    groups: dict[int, SyncGroup] = {}
+
+    def member(rank: int) -> None:
+        groups[rank] = SyncGroup("127.0.0.1", port, rank, 2, "gloo", 60)
+
+    threads = [threading.Thread(target=member, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for seed, stop_early in ((1, True), (2, False)):
+        tensors = list(make_state(seed).values())
+        sender = threading.Thread(target=send_state, args=(groups[0], tensors, metas, BUCKET))
+        sender.start()
+        received = ReceivedState(groups[1], metas, BUCKET)
+        got = {}
+        for name, t in received:
+            got[name] = t.clone()
+            if stop_early:
+                break  # as an engine that raises mid-load
+        received.drain()
+        sender.join(timeout=60)
+        assert received.stats is not None and received.stats.bytes == sum(m.nbytes for m in metas)
+    assert all(torch.equal(got[m.name], t) for m, t in zip(metas, tensors, strict=True))
