@@ -1,7 +1,7 @@
 # One entry point for set-up, run, test and bench. Every target sets up first (idempotent).
 ARGS ?=
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test test-fast lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -11,6 +11,10 @@ run: setup
 
 test:
 	bash scripts/test.sh $(ARGS)
+
+# Lint and tests/unit only (no Ray, no engines; a couple of minutes). CI runs `make test`.
+test-fast:
+	bash scripts/test.sh tests/unit $(ARGS)
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy rlaif/core

@@ -3,6 +3,9 @@
 # Tiers: tests/unit (no Ray, fast), tests/integration (real local Ray, real engines, tiny
 # models), tests/e2e (the pipeline on the embedded model, marked slow), tests/gpu (skipped
 # without CUDA). Extra arguments go to pytest, e.g. `make test ARGS="-m 'not slow'"`.
+# Two pytest-xdist workers by default (RLAIF_TEST_WORKERS; 0 runs in one process): most of a
+# test's wall time is one single-threaded process starting while the other core idles, so two
+# streams of tests overlap that (tests/conftest.py orders and groups them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -18,7 +21,7 @@ step "mypy (strict on rlaif/core)"
 mypy rlaif/core
 step "pytest"
 set +e
-python -m pytest "$@"
+python -m pytest -n "${RLAIF_TEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?
 set -e
 # pytest's 5 means "no tests collected": a suite that ran nothing has failed.
