@@ -8,12 +8,18 @@
 2. A short RL-CAI run with a rule reward (how often one token appears): the mean reward
    clearly rises, each batch takes several optimizer steps, truncated responses pay the
    missing-EOS penalty, and the engine-vs-learner log-prob mismatch is logged (and small).
+
+Expensive things are built once and shared: the one-rank learner by the tests of
+`TestOneRankLearner` (each starts from its untrained checkpoint), the crafted policy by every
+RL-CAI run of the file, and the synchronous run by the two tests that read it. tests/conftest.py
+puts the tests that share one on a single pytest-xdist worker.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,18 +145,8 @@ def _ppo_update(learner: TrainerGroup, rollout: ActorPool) -> None:
     assert 0 < abs_mean < 2e-3 and 0 <= kl_mean < 1e-4
 
 
-@pytest.mark.usefixtures("ray_cluster")
-@pytest.mark.parametrize(
-    ("zero_stage", "ranks", "engines"),
-    [(2, 1, 2), (3, 2, 1)],
-    ids=["one-rank-stage0-two-engines", "zero3-two-ranks-one-engine"],
-)
-def test_rollout_engines_match_the_ppo_learner_after_sync(
-    tiny_model: Path, zero_stage: int, ranks: int, engines: int
-) -> None:
-    learner = _learner(tiny_model, zero_stage, ranks)
-    # What the ranks run: a single fp32 rank is rewritten to stage 0 (no ZeRO partitions to gather).
-    assert learner.run_all("zero_stage_in_use") == [0 if ranks == 1 else zero_stage] * ranks
+def _engines_match_after_sync(learner: TrainerGroup, tiny_model: Path, engines: int) -> None:
+    """`engines` vLLM engines of the tiny model, a PPO update of `learner`, a sync: the engines answer as it does."""
     engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256, kv_cache_gib=1)
     pool = ActorPool(InspectedRollout, RoleGroupSpec("rollout", engines, 0.5, 0), (engine,), engine_env(1))
     try:
@@ -169,24 +165,74 @@ def test_rollout_engines_match_the_ppo_learner_after_sync(
         assert want_tokens != before[0], "the PPO update should have changed the greedy outputs"
     finally:
         pool.shutdown()
-        learner.shutdown()
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_one_critic_pass_trains_the_critic_as_a_second_pass_would(tiny_model: Path, tmp_path: Path) -> None:
-    """ppo.value_forward=once: the rollout-time critic pass, kept, gives the update of a fresh pass."""
-    learner = _learner(tiny_model, zero_stage=2, ranks=1)  # runs as stage 0 (one fp32 rank)
-    generator = torch.Generator().manual_seed(0)
-    # Prompts and responses of different lengths: left- and right-padding both in play.
-    prompts = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (7, 3, 5, 6)]
-    responses = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (4, 9, 1, 6)]
-    batch = collate_rollouts(prompts, responses, 0)
-    scores = torch.tensor([1.0, -0.5, 0.25, -1.0])
-    try:
-        learner.run_all("save_checkpoint", str(tmp_path / "start"))
+class _SharedLearner:
+    """A one-rank learner for several tests, handed to each in its untrained state.
+
+    `fresh()` starts the group on first use and checkpoints its untrained state, then on each
+    later use loads that checkpoint (weights, Adam state, step count), so no test sees what
+    another's updates left, in either order. A group that a failed call has shut down
+    (`TrainerGroup` does on any rank error, and the critic test ends with a refused update) is
+    started again.
+    """
+
+    def __init__(self, tiny_model: Path, start: Path) -> None:
+        self.tiny_model, self.start = tiny_model, start
+        self.group: TrainerGroup | None = None
+
+    def fresh(self) -> TrainerGroup:
+        if self.group is not None and self.group.actors:
+            assert self.group.run_all("load_checkpoint", str(self.start)) == [0]
+            return self.group
+        self.group = _learner(self.tiny_model, zero_stage=2, ranks=1)  # runs as stage 0 (one fp32 rank)
+        self.group.run_all("save_checkpoint", str(self.start))
+        return self.group
+
+    def shutdown(self) -> None:
+        if self.group is not None:
+            self.group.shutdown()
+
+
+@pytest.fixture(scope="class")
+def one_rank_learner(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
+) -> Iterator[_SharedLearner]:
+    """The learner of `TestOneRankLearner`, started once for its tests.
+
+    Class-scoped, not module-scoped: the idle rank holds half a CPU of the two-CPU cluster, which
+    the file's later tests need whole (the RL-CAI runs, the placement check of the failing start).
+    """
+    shared = _SharedLearner(tiny_model, tmp_path_factory.mktemp("one-rank-learner") / "start")
+    yield shared
+    shared.shutdown()
+
+
+class TestOneRankLearner:
+    """One fp32 rank asked for ZeRO-2, which runs as stage 0 with DeepSpeedCPUAdam, shared by these tests."""
+
+    def test_rollout_engines_match_the_ppo_learner_after_sync(
+        self, tiny_model: Path, one_rank_learner: _SharedLearner
+    ) -> None:
+        """Two engines, each of which must take the update."""
+        learner = one_rank_learner.fresh()
+        # What the rank runs: a single fp32 rank is rewritten to stage 0 (no ZeRO partitions to gather).
+        assert learner.run_all("zero_stage_in_use") == [0]
+        _engines_match_after_sync(learner, tiny_model, engines=2)
+
+    def test_one_critic_pass_trains_the_critic_as_a_second_pass_would(self, one_rank_learner: _SharedLearner) -> None:
+        """ppo.value_forward=once: the rollout-time critic pass, kept, gives the update of a fresh pass."""
+        learner = one_rank_learner.fresh()
+        generator = torch.Generator().manual_seed(0)
+        # Prompts and responses of different lengths: left- and right-padding both in play.
+        prompts = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (7, 3, 5, 6)]
+        responses = [torch.randint(5, 1000, (n,), generator=generator).tolist() for n in (4, 9, 1, 6)]
+        batch = collate_rollouts(prompts, responses, 0)
+        scores = torch.tensor([1.0, -0.5, 0.25, -1.0])
         runs = {}
+        # Both runs start from the learner's untrained checkpoint (saved by the fixture).
         for keep in (False, True):
-            assert learner.run_all("load_checkpoint", str(tmp_path / "start")) == [0]
+            assert learner.run_all("load_checkpoint", str(one_rank_learner.start)) == [0]
             start = learner.run_all("weights")[0]
             outputs = concat_outputs(learner.run("logprobs_and_values", [(batch, None, keep)]))
             exp, _ = make_experience(batch, outputs, scores, torch.zeros(4), 0.05, "k1", 1.0, 0.95, True)
@@ -211,10 +257,20 @@ def test_one_critic_pass_trains_the_critic_as_a_second_pass_would(tiny_model: Pa
             total += v.numel()
         assert differing <= 1e-3 * total, (differing, total)
         # Kept passes are for one update over the rows they saw, in one epoch: anything else is refused.
+        # (The refusal shuts the group down; the fixture starts it again should another test follow.)
         outputs = concat_outputs(learner.run("logprobs_and_values", [(batch, None, True)]))
         exp, _ = make_experience(batch, outputs, scores, torch.zeros(4), 0.05, "k1", 1.0, 0.95, True)
         with pytest.raises(Exception, match="value_forward=once"):
             learner.run("train", [(exp, 2, 4, 0.2, 0.2, 1.0, 0.0)])
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_rollout_engines_match_the_zero3_learner_after_sync(tiny_model: Path) -> None:
+    """ZeRO-3 with two ranks, whose shards are gathered per bucket, and one engine."""
+    learner = _learner(tiny_model, zero_stage=3, ranks=2)
+    try:
+        assert learner.run_all("zero_stage_in_use") == [3, 3]
+        _engines_match_after_sync(learner, tiny_model, engines=1)
     finally:
         learner.shutdown()
 
@@ -300,12 +356,22 @@ def _policy_that_sometimes_says(tiny_model: Path, dest: Path, word: str, p_targe
     return dest, token
 
 
-def _rule_reward_run(tiny_model: Path, run_dir: Path, extra: list[str]) -> tuple[Path, int]:
-    """The rule-reward RL-CAI run of `test_ppo_raises_a_rule_reward` into `run_dir`; returns it and the token."""
+@pytest.fixture(scope="module")
+def policy_saying_the(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """The policy of every RL-CAI run here, and the token its reward counts; built once (it is deterministic).
+
+    The runs only read its folder: the stage writes its policy under `<run_dir>/rl_cai/`.
+    """
+    # About 0.8 per 16-token response at first: PPO has a signal from the first iteration.
+    dest = tmp_path_factory.mktemp("policy-saying-the") / "policy"
+    return _policy_that_sometimes_says(tiny_model, dest, " the", p_target=0.05)
+
+
+def _rule_reward_run(policy_and_token: tuple[Path, int], run_dir: Path, extra: list[str]) -> Path:
+    """The rule-reward RL-CAI run of `test_ppo_raises_a_rule_reward` into `run_dir`; returns `run_dir`."""
     from rlaif.stages.rl_cai import rl_cai_stage
 
-    # About 0.8 per 16-token response at first: PPO has a signal from the first iteration.
-    policy, token = _policy_that_sometimes_says(tiny_model, run_dir / "policy", " the", p_target=0.05)
+    policy, token = policy_and_token
     overrides = [
         f"model.name={policy}",
         f"run_dir={run_dir}",
@@ -327,7 +393,7 @@ def _rule_reward_run(tiny_model: Path, run_dir: Path, extra: list[str]) -> tuple
         *extra,
     ]
     rl_cai_stage(StageContext(_compose(overrides), run_dir, policy, NullSink()))
-    return run_dir, token
+    return run_dir
 
 
 def _raw_rewards(run_dir: Path, iterations: int, per_iteration: int) -> list[float]:
@@ -340,9 +406,11 @@ def _raw_rewards(run_dir: Path, iterations: int, per_iteration: int) -> list[flo
 
 
 @pytest.fixture(scope="module")
-def sync_rule_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Path:
+def sync_rule_run(
+    policy_saying_the: tuple[Path, int], tmp_path_factory: pytest.TempPathFactory, ray_cluster: None
+) -> Path:
     """The synchronous rule-reward run, shared by the test of PPO itself and the async comparison."""
-    return _rule_reward_run(tiny_model, tmp_path_factory.mktemp("sync-rule"), [])[0]
+    return _rule_reward_run(policy_saying_the, tmp_path_factory.mktemp("sync-rule"), [])
 
 
 def test_ppo_raises_a_rule_reward(sync_rule_run: Path) -> None:
@@ -390,7 +458,7 @@ def test_ppo_raises_a_rule_reward(sync_rule_run: Path) -> None:
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_async_rollout_keeps_the_staleness_bound_and_learns_as_the_synchronous_loop(
-    tiny_model: Path, tmp_path: Path, sync_rule_run: Path
+    policy_saying_the: tuple[Path, int], tmp_path: Path, sync_rule_run: Path
 ) -> None:
     """ppo.max_staleness=1: the engines sample the next batch while the learner trains.
 
@@ -399,7 +467,7 @@ def test_async_rollout_keeps_the_staleness_bound_and_learns_as_the_synchronous_l
     objective's weights are logged, and the reward rises as in the synchronous run over the same
     samples, within noise.
     """
-    run_dir, _ = _rule_reward_run(tiny_model, tmp_path, ["ppo.max_staleness=1"])
+    run_dir = _rule_reward_run(policy_saying_the, tmp_path, ["ppo.max_staleness=1"])
     rows = list(read_jsonl(run_dir / "rl_cai" / "metrics.jsonl"))
     samples = list(read_jsonl(run_dir / "rl_cai" / "samples.jsonl"))
     assert [r["iteration"] for r in rows] == list(range(10))
@@ -443,12 +511,12 @@ def test_async_rollout_keeps_the_staleness_bound_and_learns_as_the_synchronous_l
     ],
 )
 def test_critic_free_estimators_raise_a_rule_reward(
-    tiny_model: Path, tmp_path: Path, estimator: str, extra: list[str]
+    policy_saying_the: tuple[Path, int], tmp_path: Path, estimator: str, extra: list[str]
 ) -> None:
     """Each critic-free estimator, end to end through the stage: no critic, and the reward rises."""
     from rlaif.stages.rl_cai import rl_cai_stage
 
-    policy, token = _policy_that_sometimes_says(tiny_model, tmp_path / "policy", " the", p_target=0.05)
+    policy, token = policy_saying_the
     file_ids: list[str] = []
     if "prompt_file" in extra:
         records = load_prompts("builtin:red_team")[:6]
