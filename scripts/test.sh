@@ -21,7 +21,7 @@ step "mypy (strict on rlaif/core)"
 mypy rlaif/core
 step "pytest"
 set +e
-python -m pytest -n "${RLAIF_TEST_WORKERS:-2}" --dist loadgroup "$@"
+python -m pytest -n "${RLAIF_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "$@"
 rc=$?
 set -e
 # pytest's 5 means "no tests collected": a suite that ran nothing has failed.

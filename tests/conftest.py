@@ -41,8 +41,9 @@ def ray_cluster() -> Iterator[None]:
 
 # `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`, scripts/test.sh):
 # on the 2-core box most of a test's time is one single-threaded process starting (Python,
-# torch, Ray, an engine) while the other core idles. xdist hands out whole groups, largest
-# group first, then single tests in collection order. So the costliest files are collected
+# torch, Ray, an engine) while the other core idles. xdist hands out whole groups in
+# collection order (`--no-loadscope-reorder`; an ungrouped test is a group of one), topping
+# a worker up when it has two tests or fewer left. So the costliest files are collected
 # first and start at once instead of forming a tail, and tests that share an expensive module
 # fixture form one group so that only one worker builds it. Measured seconds per file in the
 # ci-local log decide the order; files not listed follow in their usual order.
@@ -62,35 +63,14 @@ _COSTLIEST_FIRST = (
 )
 # Module-scoped fixtures (an engine per parameter) that every test of the file uses.
 _ONE_WORKER_PER_FILE = ("tests/integration/test_judge.py", "tests/integration/test_engines.py")
-# Shared fixtures that cost a worker real time (test_ppo.py), each with its xdist group: the
-# synchronous PPO run, the one-rank learner of `TestOneRankLearner`, and the crafted policy
-# of every RL-CAI run there. Fixtures that some test uses together share one group
-# (`_shared_fixture_groups`), so every test of a fixture runs on the worker that builds it.
-_SHARED_FIXTURE_GROUPS = {
-    "sync_rule_run": "ppo-sync-rule-run",
-    "one_rank_learner": "ppo-one-rank-learner",
-    "policy_saying_the": "ppo-policy-saying-the",
-}
+# Fixtures that cost a worker real time, with the xdist group of the tests that use them
+# (test_ppo.py): the synchronous PPO run and the one-rank learner of `TestOneRankLearner`.
+# The crafted policy every RL-CAI run there starts from takes seconds: each worker builds its own.
+_SHARED_FIXTURE_GROUPS = {"sync_rule_run": "ppo-sync-rule-run", "one_rank_learner": "ppo-one-rank-learner"}
 
 
 def _file_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
-
-
-def _shared_fixture_groups(items: list[pytest.Item]) -> dict[str, str]:
-    """The xdist group of each fixture of `_SHARED_FIXTURE_GROUPS`.
-
-    Fixtures used by one test join; the joined groups' names, in table order, make the name.
-    E.g. `sync_rule_run` needs `policy_saying_the`, so its tests and the other users of the
-    policy form one group.
-    """
-    joined = {f: {f} for f in _SHARED_FIXTURE_GROUPS}
-    for item in items:
-        used = [f for f in _SHARED_FIXTURE_GROUPS if f in getattr(item, "fixturenames", ())]
-        merged: set[str] = set().union(*(joined[f] for f in used))
-        for f in merged:
-            joined[f] = merged
-    return {f: "+".join(g for k, g in _SHARED_FIXTURE_GROUPS.items() if k in joined[f]) for f in joined}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -101,9 +81,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return len(_COSTLIEST_FIRST) + (1 if path.startswith("tests/unit/") else 0)
 
     items.sort(key=rank)  # stable: the order inside a file is kept
-    shared = _shared_fixture_groups(items)
     for item in items:
-        group = next((g for f, g in shared.items() if f in getattr(item, "fixturenames", ())), None)
+        group = next((g for f, g in _SHARED_FIXTURE_GROUPS.items() if f in getattr(item, "fixturenames", ())), None)
         if group is None and _file_of(item) in _ONE_WORKER_PER_FILE:
             group = _file_of(item)
         if group is not None:
