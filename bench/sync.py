@@ -1,8 +1,10 @@
 """Weight sync: seconds per push against bytes, learner -> 1 and -> 2 rollout engines, against the floor.
 
 - ``rlaif``: `bench.weight_sync.measure`: one real `PPOTrainer` rank (ZeRO-2 on CPU) pushes
-  the policy through `PolicySync` (gather, gloo broadcast in buckets, vLLM's in-place reload
-  with CPU re-packing) to a pool of `RolloutWorker` actors; a few model sizes give a few byte counts.
+  the policy through `PolicySync` (gather, gloo broadcast in buckets; each engine loads every
+  bucket straight into its own tensors and re-packs them for its CPU kernels, or falls back
+  to vLLM's reload: the row's ``load_paths``) to a pool of `RolloutWorker` actors; a few
+  model sizes give a few byte counts.
 - ``floor``: an in-process ``copy_`` of the same tensors into preallocated ones (the
   memory-bandwidth floor of moving those bytes once), measured for each size with all
   cores (``kind: copy``, the floor each sync row is compared with) and with one thread
