@@ -138,7 +138,7 @@ def test_killed_actors_restart_and_a_killed_driver_resumes_without_losing_or_dup
         "sl_cai.max_new_tokens=96",
         "label.num_sensitive=0",
         "label.max_new_tokens=96",
-        "label.principles_per_comparison=2",
+        "label.principles_per_comparison=4",
     )
     work = run_dir / "sl_cai" / "work"
     critiques, size_at_kill = work / "critique_0.jsonl", list[int]()
