@@ -1,5 +1,9 @@
 """Faults through `python -m rlaif.run` on the tiny model: a killed driver resumes, a killed actor restarts.
 
+Two scenarios, each a command run twice (a run costs a Ray cluster and engines, so CI runs few):
+sl_cai then preferences, where the critic, then the driver, then (in the resumed run) the rollout
+and the judge are killed; and asynchronous PPO, where a rollout actor and then the driver are.
+
 Each run is a subprocess in its own session, so the test finds the Ray processes it started
 (raylet, workers, actors) by session id, kills only those, and cleans them up afterwards.
 An actor is killed while it runs a batch: Ray names a worker process
@@ -15,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -76,109 +80,133 @@ KILL_TITLES = {
 }
 
 
+def kill_mid_batch(
+    proc: subprocess.Popen[bytes],
+    titles: Mapping[str, str],
+    deadline: float,
+    until: Callable[[Mapping[str, int], Mapping[str, set[int]]], bool] = lambda killed, restarted: False,
+) -> tuple[dict[str, int], dict[str, set[int]]]:
+    """Watch the run's processes until it exits, `until(killed, restarted)` holds or the deadline passes.
+
+    Each role's actor is SIGKILLed once, the first time one is seen running its method
+    (``titles[role]``, a Ray process title); any other process of its class seen after
+    that is its restart. Returns the killed pid and the restarted pids, per role.
+    """
+    killed: dict[str, int] = {}
+    restarted: dict[str, set[int]] = {role: set() for role in titles}
+    while proc.poll() is None and time.monotonic() < deadline and not until(killed, restarted):
+        for pid, cmdline in session_processes(proc.pid):
+            for role, title in titles.items():
+                if role not in killed and cmdline.startswith(title):
+                    os.kill(pid, signal.SIGKILL)  # mid-batch: the process is inside the method
+                    killed[role] = pid
+                elif role in killed and cmdline.startswith(title.split(".")[0]) and pid != killed[role]:
+                    restarted[role].add(pid)
+        time.sleep(0.05)
+    return killed, restarted
+
+
+def size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
 @pytest.mark.slow
-def test_rollout_critic_and_judge_killed_mid_batch_restart_and_their_batches_are_retried(
+def test_killed_actors_restart_and_a_killed_driver_resumes_without_losing_or_duplicating_records(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    """One run of sl_cai then preferences (one Ray cluster, to keep CI short); each role's actor is killed once."""
-    run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    overrides = [
+    """sl_cai then preferences, run twice with the same command (two runs, to keep CI short).
+
+    1. The first run's critic actor is killed mid ``critique``; once it is back and the critique
+       step has saved the chunk (of ``sl_cai.chunk_size``) it retried, the driver is killed with
+       the rest of the run, mid stage.
+    2. The second run resumes sl_cai, generating only what the first had not saved, then runs
+       preferences; its rollout actor is killed mid ``generate`` and its judge mid ``label``.
+
+    Each killed actor restarts in its run and its batch is retried: every record exactly once.
+    """
+    run_dir, logs = tmp_path / "run", (tmp_path / "first.log", tmp_path / "second.log")
+    cmd = rlaif_cmd(
+        run_dir,
+        tiny_model,
         "stages=[sl_cai,preferences]",
-        # The critique step is where the critic actor is killed.
+        # The critique step is where the critic actor is killed, and then the driver, between two chunks.
         "sl_cai.method=critique_revision",
         "sl_cai.rounds=1",
         "sl_cai.num_helpful=4",
         "sl_cai.num_sensitive=0",
-        "label.num_sensitive=0",
+        "sl_cai.chunk_size=6",
         "sl_cai.max_new_tokens=96",
+        "label.num_sensitive=0",
         "label.max_new_tokens=96",
         "label.principles_per_comparison=4",
-    ]
-    proc = start(rlaif_cmd(run_dir, tiny_model, *overrides), log)
-    killed: dict[str, int] = {}
-    restarted: dict[str, set[int]] = {role: set() for role in KILL_TITLES}
-    try:
-        deadline = time.monotonic() + 900
-        while proc.poll() is None and time.monotonic() < deadline:
-            for pid, cmdline in session_processes(proc.pid):
-                for role, title in KILL_TITLES.items():
-                    if role not in killed and cmdline.startswith(title):
-                        os.kill(pid, signal.SIGKILL)  # mid-batch: the process is inside the method
-                        killed[role] = pid
-                    elif role in killed and cmdline.startswith(title.split(".")[0]) and pid != killed[role]:
-                        restarted[role].add(pid)
-            time.sleep(0.05)
-        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        kill_session(proc.pid)
-    assert sorted(killed) == sorted(KILL_TITLES), f"killed only {sorted(killed)}\n{tail(log)}"
-    assert rc == 0, tail(log)
-    for role, pids in restarted.items():
-        assert pids, f"no {role} actor process after the kill\n{tail(log)}"
-    # Every record exactly once, the expected number of them.
-    sl_cai, prefs = read_manifest(run_dir / "sl_cai"), read_manifest(run_dir / "preferences")
-    assert sl_cai is not None and prefs is not None
-    assert len(unique_ids(run_dir / "sl_cai" / "records.jsonl")) == sl_cai["counts"]["records"] == 24
-    assert len(unique_ids(run_dir / "sl_cai" / "helpful.jsonl")) == 4
-    for name in ("pairs.jsonl", "labels.jsonl", "trl.jsonl"):
-        rows = list(read_jsonl(run_dir / "preferences" / name))
-        assert len(rows) == prefs["counts"]["pairs"] == 24, name
-    assert len(unique_ids(run_dir / "preferences" / "pairs.jsonl")) == 24
-    assert len(unique_ids(run_dir / "preferences" / "labels.jsonl")) == 24
-
-
-@pytest.mark.slow
-def test_driver_killed_mid_stage_resumes_without_losing_or_duplicating_records(
-    tiny_model: Path, tmp_path: Path
-) -> None:
-    run_dir = tmp_path / "run"
-    cmd = rlaif_cmd(
-        run_dir,
-        tiny_model,
-        "stages=[sl_cai]",
-        # The kill waits for the critique step's first saved chunk.
-        "sl_cai.method=critique_revision",
-        "sl_cai.rounds=1",
-        "sl_cai.num_helpful=8",
-        "sl_cai.num_sensitive=0",
-        "sl_cai.chunk_size=6",
-        "sl_cai.max_new_tokens=64",
     )
     work = run_dir / "sl_cai" / "work"
-    first = start(cmd, tmp_path / "first.log")
+    critiques, size_at_kill = work / "critique_0.jsonl", list[int]()
+
+    def retried_chunk_saved(killed: Mapping[str, int], restarted: Mapping[str, set[int]]) -> bool:
+        """The critic is back and the critique step has saved a chunk since the kill: the one it retried.
+
+        Chunks run one at a time and the restarted actor builds its engine before it retries, so
+        the size read on the first call after the kill (0.05 s later) predates that chunk.
+        """
+        if "critic" not in killed:
+            return False
+        if not size_at_kill:
+            size_at_kill.append(size(critiques))
+        return bool(restarted["critic"]) and size(critiques) > size_at_kill[0]
+
+    first = start(cmd, logs[0])
     try:
-        deadline = time.monotonic() + 600
-        # Kill once the critique step has saved a chunk, before the revisions are done.
-        while first.poll() is None and time.monotonic() < deadline:
-            if (work / "critique_0.jsonl").is_file() and (work / "critique_0.jsonl").stat().st_size > 0:
-                os.kill(first.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
+        critic = {"critic": KILL_TITLES["critic"]}
+        killed, restarted = kill_mid_batch(first, critic, time.monotonic() + 600, retried_chunk_saved)
+        stopped = retried_chunk_saved(killed, restarted)
+        # Before any revision is saved, and before the last critique unless the last chunk was the retried one.
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
         kill_session(first.pid)
-    assert first.returncode == -signal.SIGKILL, (
-        f"the driver finished before it was killed\n{tail(tmp_path / 'first.log')}"
+    assert sorted(killed) == ["critic"], f"no critic actor was caught mid critique\n{tail(logs[0])}"
+    assert restarted["critic"], f"no critic actor process after the kill\n{tail(logs[0])}"
+    assert stopped and first.returncode == -signal.SIGKILL, (
+        f"the driver finished, or saved no critique chunk after the critic's restart, before it was killed\n"
+        f"{tail(logs[0])}"
     )
     assert read_manifest(run_dir / "sl_cai") is None and not (run_dir / "sl_cai" / "records.jsonl").exists()
-    answered_before = len(unique_ids(work / "answers.jsonl"))
-    assert answered_before == 24
+    assert len(unique_ids(work / "answers.jsonl")) == 24
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900, start_new_session=True)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    manifest = read_manifest(run_dir / "sl_cai")
-    assert manifest is not None
-    ids = unique_ids(run_dir / "sl_cai" / "records.jsonl")
-    assert len(ids) == manifest["counts"]["records"] == 24
-    assert len(unique_ids(run_dir / "sl_cai" / "helpful.jsonl")) == 8
+    # The second run starts a new Ray cluster: its actors, kills and restarts are its own.
+    second = start(cmd, logs[1])
+    try:
+        roles = {role: KILL_TITLES[role] for role in ("rollout", "judge")}
+        killed_later, restarted_later = kill_mid_batch(second, roles, time.monotonic() + 900)
+        rc = second.poll()  # None: still running at the deadline
+    finally:
+        if second.poll() is None:
+            second.kill()
+        kill_session(second.pid)
+    killed |= killed_later
+    restarted |= restarted_later
+    assert sorted(killed) == sorted(KILL_TITLES), f"killed only {sorted(killed)}\n{tail(logs[1])}"
+    assert rc == 0, tail(logs[1])
+    for role, pids in restarted.items():
+        assert pids, f"no {role} actor process after the kill\n{tail(logs[1])}"
+    # Every record exactly once, the expected number of them.
+    sl_cai, prefs = read_manifest(run_dir / "sl_cai"), read_manifest(run_dir / "preferences")
+    assert sl_cai is not None and prefs is not None
+    assert len(unique_ids(run_dir / "sl_cai" / "records.jsonl")) == sl_cai["counts"]["records"] == 24
+    assert len(unique_ids(run_dir / "sl_cai" / "helpful.jsonl")) == 4
     # The second run generated only what the first had not saved: no answers again, the rest of the chains.
-    generated = manifest["generated_this_run"]
+    generated = sl_cai["generated_this_run"]
     assert "answers" not in generated
     assert generated.get("critique_0", 0) < 24 and generated.get("revision_0", 0) > 0
+    for name in ("pairs.jsonl", "labels.jsonl", "trl.jsonl"):
+        rows = list(read_jsonl(run_dir / "preferences" / name))
+        assert len(rows) == prefs["counts"]["pairs"] == 24, name
+    assert len(unique_ids(run_dir / "preferences" / "pairs.jsonl")) == 24
+    assert len(unique_ids(run_dir / "preferences" / "labels.jsonl")) == 24
 
 
 @pytest.mark.slow
