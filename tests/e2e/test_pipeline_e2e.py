@@ -21,12 +21,18 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from rlaif.core.cai import SLCAIMethod, SLCAIRecord
+from rlaif.core.cai import SLCAIMethod, SLCAIRecord, principle_for
+from rlaif.core.constitution import load_constitution
 from rlaif.core.io import read_jsonl, read_manifest
 from rlaif.core.preference_records import read_labels, read_pairs
+from rlaif.core.refusal import is_refusal
+
+if TYPE_CHECKING:
+    from rlaif.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("smoke", "sl_cai", "sft", "preferences", "reward_model", "rl_cai", "evaluate")
@@ -73,6 +79,17 @@ SMALLER = [
 ]
 
 
+def _smaller_run() -> RunConfig:
+    """The configuration the run below composes (the defaults and `SMALLER`), composed here without a model."""
+    from hydra import compose, initialize_config_dir
+
+    from rlaif.config import register_configs, to_run_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return to_run_config(compose(config_name="config", overrides=SMALLER))
+
+
 def _run(run_dir: Path) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, "-m", "rlaif.run", f"run_dir={run_dir}", "cluster.include_dashboard=false"]
     args += ["logging.wandb_mode=disabled", *SMALLER]
@@ -81,24 +98,52 @@ def _run(run_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _check_sl_cai_and_sft(run_dir: Path, stdout: str) -> None:
+    from rlaif.stages.sl_cai import constitution_path, red_team_prompts, sensitive_prompts
+
+    run = _smaller_run()
     sl_cai = read_manifest(run_dir / "sl_cai")
-    assert sl_cai is not None
+    assert sl_cai is not None and sl_cai["config"]["seed"] == run.seed
+    assert sl_cai["config"]["sl_cai"]["method"] == "context_distillation"
+    # The default method distils answers given in context: one record per prompt, in order, made under its
+    # seeded principle; no critique rounds, so the first answer is the final one.
+    prompts = red_team_prompts(run.sl_cai, run.seed)
+    constitution = load_constitution(constitution_path(run))
     records = [SLCAIRecord.from_dict(row) for row in read_jsonl(run_dir / "sl_cai" / "records.jsonl")]
-    assert len(records) == sl_cai["counts"]["records"] == SL_CAI_PROMPTS
-    # The default method distils answers given in context: one per prompt, no critique rounds.
-    assert all(r.method == SLCAIMethod.CONTEXT_DISTILLATION and r.principle_id and not r.rounds for r in records)
+    assert [r.id for r in records] == [p.id for p in prompts] and len(records) == SL_CAI_PROMPTS
+    assert all(r.method == SLCAIMethod.CONTEXT_DISTILLATION and r.rounds == () for r in records)
+    assert [r.principle_id for r in records] == [principle_for(constitution, run.seed, r.id, 0).id for r in records]
+    assert all(r.first_answer == r.final_answer for r in records)
     assert any(r.final_answer.strip() for r in records)
-    assert sl_cai["counts"]["helpful"] == SL_CAI_PROMPTS and sl_cai["throughput"]["chains_per_min"] > 0
+    # One generation per prompt, then the plain helpful and sensitive-request answers; degenerate answers
+    # are counted by reason, and refusals of benign requests per set.
+    generated = {"in_context": SL_CAI_PROMPTS, "helpful": SL_CAI_PROMPTS, "sensitive": SL_CAI_SENSITIVE}
+    assert sl_cai["generated_this_run"] == generated
+    counts = sl_cai["counts"]
+    assert counts["records"] == SL_CAI_PROMPTS and "revisions" not in counts
+    assert counts["degenerate_records"] == sum(r.degenerate for r in records)
+    assert sum(sl_cai["degenerate_reasons"].values()) == counts["degenerate_records"]
+    assert counts["helpful"] == SL_CAI_PROMPTS and sl_cai["throughput"]["chains_per_min"] > 0
+    benign = list(read_jsonl(run_dir / "sl_cai" / "helpful.jsonl"))
+    assert [row["kind"] for row in benign] == ["helpful"] * SL_CAI_PROMPTS + ["sensitive"] * SL_CAI_SENSITIVE
+    sensitive_ids = {p.id for p in sensitive_prompts(run.sl_cai, run.seed)}
+    assert {row["id"] for row in benign if row["kind"] == "sensitive"} == sensitive_ids
+    assert all(row["refusal"] == is_refusal(row["answer"]) for row in benign)
     # Sensitive-but-benign requests are answered plainly too; refusals among them are counted and kept out of SFT.
-    assert sl_cai["counts"]["sensitive"] == SL_CAI_SENSITIVE
-    assert 0 <= sl_cai["counts"]["sensitive_refusals"] <= SL_CAI_SENSITIVE
+    assert counts["sensitive"] == SL_CAI_SENSITIVE
+    assert counts["sensitive_refusals"] == sum(row["refusal"] for row in benign[SL_CAI_PROMPTS:])
 
     sft = read_manifest(run_dir / "sft")
     assert sft is not None and sft["counts"]["steps"] == SFT_STEPS and len(sft["losses"]) == SFT_STEPS
-    benign = list(read_jsonl(run_dir / "sl_cai" / "helpful.jsonl"))
     refused = {f"help:{row['id']}" for row in benign if row["refusal"] and not row["degenerate"]}
     assert sft["counts"]["dropped_benign_refusals"] == len(refused)
-    assert not refused & {row["id"] for row in read_jsonl(run_dir / "sft" / "data.jsonl")}
+    data = list(read_jsonl(run_dir / "sft" / "data.jsonl"))
+    assert not refused & {row["id"] for row in data}
+    # SFT learns each usable distilled answer for the bare prompt: no guideline, no exemplars.
+    by_id = {f"rev:{r.id}": r for r in records}
+    distilled = [row for row in data if row["id"].startswith("rev:")]
+    assert {row["id"] for row in distilled} == {i for i, r in by_id.items() if not r.degenerate}
+    for row in distilled:
+        assert (row["prompt"], row["response"]) == (by_id[row["id"]].prompt, by_id[row["id"]].final_answer)
     model = run_dir / "sft" / "model"
     assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
     # The run says where its outputs went.
@@ -161,18 +206,13 @@ def test_the_smaller_counts_leave_every_split_non_empty() -> None:
     The reward model's held-out split is a hash of the labelled prompt ids, so with few labelled
     prompts it can be empty, and the stage then stops; this fails first, in seconds.
     """
-    from hydra import compose, initialize_config_dir
-
-    from rlaif.config import register_configs, to_run_config
     from rlaif.stages.evaluate import heldout_prompts, heldout_sets
     from rlaif.stages.ppo_prompts import TrainPrompts
     from rlaif.stages.preferences import select_prompts, select_sensitive_prompts
     from rlaif.stages.reward_model import heldout_prompt_ids
     from rlaif.stages.sl_cai import helpful_prompts, red_team_prompts, sensitive_prompts
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        run = to_run_config(compose(config_name="config", overrides=SMALLER))
+    run = _smaller_run()
     s = run.sl_cai
     assert len(red_team_prompts(s, run.seed)) == len(helpful_prompts(s, run.seed)) == SL_CAI_PROMPTS
     assert len(sensitive_prompts(s, run.seed)) == SL_CAI_SENSITIVE

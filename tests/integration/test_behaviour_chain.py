@@ -27,12 +27,18 @@ from hydra import compose, initialize_config_dir
 from rlaif.config import RunConfig, register_configs, to_run_config
 from rlaif.core.cai import context_turns
 from rlaif.core.constitution import load_constitution
+from rlaif.core.contrastive import LabelSource, PairBuilder, positive_slot
 from rlaif.core.io import read_jsonl, read_manifest, write_manifest
+from rlaif.core.preference_records import read_labels, read_pairs
 from rlaif.core.prompts import load_prompts, split_train_heldout
 from rlaif.core.refusal import is_refusal
 from rlaif.core.sink import NullSink
+from rlaif.stages import preferences
+from rlaif.stages.pair_builders import pair_id
 from rlaif.stages.pipeline import StageContext, run_stages
+from rlaif.stages.preferences import select_prompts
 from rlaif.stages.registry import STAGES
+from rlaif.stages.reward_model import load_reward_pairs
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 register_configs()
@@ -118,8 +124,13 @@ def _tokens(tokenizer: Any, chat: list[dict[str, str]], answer: str) -> tuple[li
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_construction_labels_teach_a_reward_model_that_ppo_follows_to_more_refusals(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def no_judge(*args: object, **kwargs: object) -> None:
+        raise AssertionError("label.source=construction started the judge")
+
+    # label.source=construction needs no judge: none may start.
+    monkeypatch.setattr(preferences, "judge_pairs", no_judge)
     constitution_file = tmp_path / "constitution.yaml"
     constitution_file.write_text(CONSTITUTION)
     # The taught policy plays the SFT model (the initial model too): the chain starts after SFT.
@@ -161,12 +172,7 @@ def test_construction_labels_teach_a_reward_model_that_ppo_follows_to_more_refus
     assert run_stages(ctx, [(s, STAGES[s]) for s in stages]) == stages
     out = Path(run.run_dir)
 
-    # Labels by construction: the in-context answer preferred at the configured confidence.
-    labels = list(read_jsonl(out / "preferences" / "labels.jsonl"))
-    assert labels and all(row["source"] == "construction" for row in labels)
-    pairs = {row["id"]: row for row in read_jsonl(out / "preferences" / "pairs.jsonl")}
-    positives = [pairs[row["pair_id"]]["response_" + pairs[row["pair_id"]]["positive"]] for row in labels]
-    assert sum(map(is_refusal, positives)) >= 0.9 * len(positives), positives[:4]
+    _check_construction_labels(run, out / "preferences")
 
     # The reward model learns them.
     rm = read_manifest(out / "reward_model")
@@ -184,3 +190,49 @@ def test_construction_labels_teach_a_reward_model_that_ppo_follows_to_more_refus
     assert refusal["policy"]["red_team"] > refusal["sft"]["red_team"], refusal
     _, heldout = split_train_heldout(load_prompts("builtin:red_team"), run.sl_cai.heldout_fraction, run.seed)
     assert not {r.id for r in heldout} & {row["prompt_id"] for row in read_jsonl(out / "rl_cai" / "samples.jsonl")}
+
+
+def _check_construction_labels(run: RunConfig, out: Path) -> None:
+    """Contrastive pairs labelled by construction (the test fails if a judge starts): the in-context answer, the
+    positive in its seeded slot, preferred at the configured confidence in the labels, TRL export and reward pairs."""
+    pairs = read_pairs(out / "pairs.jsonl")
+    labels = read_labels(out / "labels.jsonl")
+    prompts = select_prompts(run)
+    assert len(prompts) == run.label.num_prompts
+    assert [p.id for p in pairs] == [label.pair_id for label in labels] == [pair_id(r.id) for r in prompts]
+    assert all(p.pairs == PairBuilder.CONTRASTIVE and p.context_principle == "harmless" for p in pairs)
+    assert [p.positive for p in pairs] == [positive_slot(p.id, seed=run.seed) for p in pairs]
+    for pair, label in zip(pairs, labels, strict=True):
+        assert label.source == LabelSource.CONSTRUCTION and label.judge is None
+        assert label.p_first == pytest.approx(0.9 if pair.positive == "a" else 0.1)
+    rows = list(read_jsonl(out / "labels.jsonl"))
+    assert {r["source"] for r in rows} == {"construction"} and all(r["p_judge"] is None for r in rows)
+    # The taught policy declines after the setting: the positives are refusals.
+    positives = [p.response_a if p.positive == "a" else p.response_b for p in pairs]
+    assert sum(map(is_refusal, positives)) >= 0.9 * len(positives), positives[:4]
+
+    manifest = read_manifest(out)
+    assert manifest is not None
+    n = len(prompts)
+    assert manifest["counts"] == {
+        "pairs": n,
+        "labels": n,
+        "trl_rows": n,
+        "sensitive_pairs": 0,
+        "refusal_rule_labels": 0,
+    }
+    assert manifest["pairs"] == "contrastive" and manifest["label_source"] == "construction"
+    assert manifest["judge_throughput"] is None and manifest["position_bias"] is None
+    assert manifest["construction_agreement"] is None
+
+    # trl.jsonl chooses the positive; the reward model reads P(response a preferred).
+    trl = list(read_jsonl(out / "trl.jsonl"))
+    assert [row["id"] for row in trl] == [p.id for p in pairs]
+    for row, pair in zip(trl, pairs, strict=True):
+        assert row["chosen"] == (pair.response_a if pair.positive == "a" else pair.response_b)
+        assert row["p_chosen"] == pytest.approx(0.9)
+    train, heldout = load_reward_pairs(out, run.reward_model.heldout_fraction, run.seed)
+    by_id = {p.id: p for p in pairs}
+    assert sorted(r.id for r in [*train, *heldout]) == sorted(by_id)
+    for reward_pair in [*train, *heldout]:
+        assert reward_pair.p_a == pytest.approx(0.9 if by_id[reward_pair.id].positive == "a" else 0.1)

@@ -1,5 +1,6 @@
 """The `preferences` stage on the tiny model through Ray pools: counts, ids, TRL export, resume, skip;
-contrastive pairs labelled by construction (no judge) and by judge and construction together."""
+contrastive pairs labelled by judge and construction together. Pairs labelled by construction alone (no
+judge started) are checked in tests/integration/test_behaviour_chain.py, whose chain starts with them."""
 
 from __future__ import annotations
 
@@ -10,16 +11,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rlaif.config import RunConfig, register_configs, to_run_config
-from rlaif.core.contrastive import LabelSource, PairBuilder, positive_slot, refusal_rule_probability
+from rlaif.core.contrastive import LabelSource, PairBuilder, refusal_rule_probability
 from rlaif.core.io import read_manifest, write_manifest
 from rlaif.core.preference_records import read_labels, read_pairs
 from rlaif.core.refusal import is_refusal
 from rlaif.core.sink import NullSink
-from rlaif.stages import preferences
 from rlaif.stages.pipeline import StageContext, run_stages
 from rlaif.stages.preferences import pair_id, policy_path, select_prompts, select_sensitive_prompts
 from rlaif.stages.registry import STAGES
-from rlaif.stages.reward_model import load_reward_pairs
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 register_configs()
@@ -169,47 +168,6 @@ def contrastive_run(model: Path, run_dir: Path, source: LabelSource, *extra: str
         "label.negative_system='Answer directly.'",
         *extra,
     )
-
-
-@pytest.mark.usefixtures("ray_cluster")
-def test_contrastive_pairs_labelled_by_construction_start_no_judge(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_judge(*args: object, **kwargs: object) -> None:
-        raise AssertionError("label.source=construction started the judge")
-
-    monkeypatch.setattr(preferences, "judge_pairs", no_judge)
-    run = contrastive_run(tiny_model, tmp_path / "run", LabelSource.CONSTRUCTION)
-    ctx = StageContext(run, Path(run.run_dir), tiny_model, NullSink())
-    assert run_stages(ctx, [("preferences", STAGES["preferences"])]) == ["preferences"]
-    out = ctx.stage_dir("preferences")
-
-    pairs = read_pairs(out / "pairs.jsonl")
-    labels = read_labels(out / "labels.jsonl")
-    assert [p.id for p in pairs] == [label.pair_id for label in labels] and len(pairs) == 6
-    assert all(p.pairs == PairBuilder.CONTRASTIVE and p.context_principle in ("harmless", "honest") for p in pairs)
-    assert [p.positive for p in pairs] == [positive_slot(p.id, seed=run.seed) for p in pairs]
-    for pair, label in zip(pairs, labels, strict=True):
-        assert label.source == LabelSource.CONSTRUCTION and label.judge is None
-        assert label.p_first == pytest.approx(0.9 if pair.positive == "a" else 0.1)
-    rows = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
-    assert {r["source"] for r in rows} == {"construction"} and all(r["p_judge"] is None for r in rows)
-
-    manifest = read_manifest(out)
-    assert manifest is not None
-    assert manifest["counts"] == SIX_RED_TEAM_PAIRS
-    assert manifest["pairs"] == "contrastive" and manifest["label_source"] == "construction"
-    assert manifest["judge_throughput"] is None and manifest["position_bias"] is None
-    assert manifest["construction_agreement"] is None
-
-    # trl.jsonl chooses the positive; the reward model reads P(response a preferred).
-    for row, pair in zip(read_trl(out / "trl.jsonl"), pairs, strict=True):
-        assert row["chosen"] == (pair.response_a if pair.positive == "a" else pair.response_b)
-        assert row["p_chosen"] == pytest.approx(0.9)
-    train, heldout = load_reward_pairs(out, 0.5, run.seed)
-    by_id = {p.id: p for p in pairs}
-    for reward_pair in [*train, *heldout]:
-        assert reward_pair.p_a == pytest.approx(0.9 if by_id[reward_pair.id].positive == "a" else 0.1)
 
 
 @pytest.mark.usefixtures("ray_cluster")
