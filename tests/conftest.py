@@ -44,7 +44,7 @@ def ray_cluster() -> Iterator[None]:
 # torch, Ray, an engine) while the other core idles. xdist hands out whole groups in
 # collection order (`--no-loadscope-reorder`; an ungrouped test is a group of one), topping
 # a worker up when it has two tests or fewer left. So the costliest files are collected
-# first and start at once instead of forming a tail, and tests that share an expensive module
+# first and start at once instead of forming a tail, and tests that share an expensive
 # fixture form one group so that only one worker builds it. Measured seconds per file in the
 # ci-local log decide the order; files not listed follow in their usual order.
 _COSTLIEST_FIRST = (
