@@ -65,12 +65,28 @@ def write_report(results_path: Path) -> None:
     md += _estimators(b.get("estimators", {}))
     md += _grpo(b.get("grpo", {}))
     md += _sync(b.get("sync", {}), out)
+    md += _gpu_status()
     md += ["## Durations", ""]
     md += _table(
         ["benchmark", "wall s", "load average after (1/5/15)"],
         [[k, v.get("wall_s"), str(v.get("load_average_after"))] for k, v in b.items()],
     )
     (out / "results.md").write_text("\n".join(md) + "\n")
+
+
+def _gpu_status() -> list[str]:
+    """Which of rlaif's paths the GPU figures cover, and which have never run on a GPU (README, same list)."""
+    return [
+        "## On a GPU",
+        "",
+        "The figures above are CPU figures. On a GPU only the roofline, transformers generation and the copy "
+        "floor have run (one H100, bf16, torch 2.11 and transformers 5.17, without vLLM, Ray or DeepSpeed: "
+        "[gpu/results.md](gpu/results.md)). These rlaif paths have never run on a GPU, so none of their GPU "
+        "figures exist: the vLLM GPU engine (`engine=vllm-gpu`) behind the rollout actor, the judge and the "
+        "scorer; the NCCL weight sync; colocated sleep/wake (`ppo.placement=colocated`); the DeepSpeed learner "
+        "and reward trainer in bf16; and so the PPO, GRPO, reward-model and estimator comparisons.",
+        "",
+    ]
 
 
 def _roofline(r: dict[str, Any]) -> list[str]:
