@@ -48,7 +48,10 @@ def rollout_pool(run: RunConfig, model: Path) -> ActorPool:
     """Rollout workers (``cluster.rollout``) whose engines hold `model`."""
     r = run.cluster.rollout
     return ActorPool(
-        RolloutWorker, role_spec("rollout", r, run), (engine_spec(run, str(model)),), engine_env(r.cpus_per_worker)
+        RolloutWorker,
+        role_spec("rollout", r, run),
+        (engine_spec(run, str(model)),),
+        engine_env(r.cpus_per_worker, r.threads_per_worker),
     )
 
 
@@ -95,7 +98,9 @@ def judge_refusals(run: RunConfig, items: Sequence[MultipleChoiceItem]) -> dict[
         return {}
     r, judge_model = run.cluster.judge, resolve_model(judge_model_name(run))
     args = (engine_spec(run, str(judge_model)), ())
-    pool = ActorPool(ConstitutionalJudge, role_spec("judge", r, run), args, engine_env(r.cpus_per_worker))
+    pool = ActorPool(
+        ConstitutionalJudge, role_spec("judge", r, run), args, engine_env(r.cpus_per_worker, r.threads_per_worker)
+    )
     try:
         scores: list[MultipleChoiceScore] = pool.map_shards("score_items", list(items))
     finally:
@@ -118,7 +123,9 @@ def score_responses(
         run.model.trust_remote_code,
     )
     scorer = RewardModelScorer(
-        ActorPool(RewardScorer, role_spec("reward_scorer", r, run), args, engine_env(r.cpus_per_worker))
+        ActorPool(
+            RewardScorer, role_spec("reward_scorer", r, run), args, engine_env(r.cpus_per_worker, r.threads_per_worker)
+        )
     )
     try:
         return {

@@ -67,7 +67,12 @@ def generation_smoke(run: RunConfig, model_path: Path, out: Path) -> SmokeResult
         "rollout", roles.num_workers, roles.cpus_per_worker, roles.gpus_per_worker, run.cluster.placement_strategy
     )
     log.info("starting %d rollout actor(s) on %s", roles.num_workers, run.engine.backend)
-    pool = ActorPool(RolloutWorker, spec, (engine_spec(run, str(model_path)),), engine_env(roles.cpus_per_worker))
+    pool = ActorPool(
+        RolloutWorker,
+        spec,
+        (engine_spec(run, str(model_path)),),
+        engine_env(roles.cpus_per_worker, roles.threads_per_worker),
+    )
     try:
         params = SamplingParams(
             temperature=run.smoke.temperature,

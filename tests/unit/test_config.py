@@ -111,3 +111,18 @@ def test_ppo_batches_draw_their_shares_of_helpful_and_sensitive_prompts() -> Non
         assert kinds == {"rt": 4, "hp": 2, "sb": 2}, kinds
     with pytest.raises(ValueError, match="sum to at most 1"):
         compose_run(["ppo.helpful_fraction=0.6", "ppo.sensitive_fraction=0.6"])
+
+
+def test_every_engine_pool_of_a_stage_takes_its_roles_threads() -> None:
+    """`cluster.<role>.threads_per_worker` reaches every engine actor a stage starts, not only RL-CAI's."""
+    import ast
+
+    calls = []
+    for path in sorted((CONF.parent / "rlaif" / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "engine_env":
+                calls.append((path.name, node.lineno, [ast.unparse(a) for a in node.args]))
+    assert len(calls) >= 8, calls
+    for name, line, args in calls:
+        assert len(args) == 2, f"{name}:{line} engine_env{tuple(args)} drops threads_per_worker"
+        assert args[0].endswith(".cpus_per_worker") and args[1].endswith(".threads_per_worker"), f"{name}:{line}"
