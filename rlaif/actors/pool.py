@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import ray
 from ray.util.placement_group import PlacementGroup
@@ -33,16 +33,30 @@ MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
 
 
-def engine_env(cpus: float, threads_per_worker: int | None = None) -> dict[str, str]:
-    """Environment for an actor that holds a vLLM engine in-process (docs/design.md §5, §7).
+class EngineResources(Protocol):
+    """A role's CPUs per actor and its OpenMP threads (`rlaif.config.RoleResources`, ``cluster.<role>``)."""
 
-    Its thread count is `threads_per_worker`, or else the CPUs it reserves rounded down (at least 1).
+    @property
+    def cpus_per_worker(self) -> float: ...
+
+    @property
+    def threads_per_worker(self) -> int | None: ...
+
+
+def role_threads(role: EngineResources) -> int:
+    """The OpenMP threads an actor of `role` runs: `threads_per_worker`, else its CPUs rounded down (at least 1)."""
+    return role.threads_per_worker or max(1, int(role.cpus_per_worker))
+
+
+def engine_env(role: EngineResources) -> dict[str, str]:
+    """Environment for an actor of `role` that holds a vLLM engine in-process (docs/design.md §5, §7).
+
+    It takes the role's resources whole, so a caller cannot pass the CPUs and drop the thread count.
     """
-    threads = str(threads_per_worker or max(1, int(cpus)))
     env = {
         # The engine runs inside the actor, so received tensors go straight to the worker.
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "OMP_NUM_THREADS": threads,
+        "OMP_NUM_THREADS": str(role_threads(role)),
         "TOKENIZERS_PARALLELISM": "false",
     }
     for key in ("RLAIF_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE", "VLLM_CPU_OMP_THREADS_BIND"):

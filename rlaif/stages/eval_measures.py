@@ -51,7 +51,7 @@ def rollout_pool(run: RunConfig, model: Path) -> ActorPool:
         RolloutWorker,
         role_spec("rollout", r, run),
         (engine_spec(run, str(model)),),
-        engine_env(r.cpus_per_worker, r.threads_per_worker),
+        engine_env(r),
     )
 
 
@@ -98,9 +98,7 @@ def judge_refusals(run: RunConfig, items: Sequence[MultipleChoiceItem]) -> dict[
         return {}
     r, judge_model = run.cluster.judge, resolve_model(judge_model_name(run))
     args = (engine_spec(run, str(judge_model)), ())
-    pool = ActorPool(
-        ConstitutionalJudge, role_spec("judge", r, run), args, engine_env(r.cpus_per_worker, r.threads_per_worker)
-    )
+    pool = ActorPool(ConstitutionalJudge, role_spec("judge", r, run), args, engine_env(r))
     try:
         scores: list[MultipleChoiceScore] = pool.map_shards("score_items", list(items))
     finally:
@@ -122,11 +120,7 @@ def score_responses(
         run.reward_model.max_len,
         run.model.trust_remote_code,
     )
-    scorer = RewardModelScorer(
-        ActorPool(
-            RewardScorer, role_spec("reward_scorer", r, run), args, engine_env(r.cpus_per_worker, r.threads_per_worker)
-        )
-    )
+    scorer = RewardModelScorer(ActorPool(RewardScorer, role_spec("reward_scorer", r, run), args, engine_env(r)))
     try:
         return {
             m: scorer.score([RewardSample(p.prompt, responses[m][p.id]["response"], ()) for _, p in prompts])

@@ -196,9 +196,7 @@ def judge_all(
         r = run.cluster.judge
         few_shot = constitution.judge_few_shot if run.label.few_shot else ()
         args = (engine_spec(run, str(judge_model)), few_shot)
-        pool = ActorPool(
-            ConstitutionalJudge, role_spec("judge", r, run), args, engine_env(r.cpus_per_worker, r.threads_per_worker)
-        )
+        pool = ActorPool(ConstitutionalJudge, role_spec("judge", r, run), args, engine_env(r))
         try:
             verdicts: list[JudgeVerdict] = pool.map_shards("label", todo, True, False)
         finally:

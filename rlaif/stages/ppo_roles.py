@@ -34,7 +34,7 @@ import torch
 
 from rlaif.actors.cluster import RoleGroupSpec
 from rlaif.actors.policy_sync import PolicySync
-from rlaif.actors.pool import ActorPool, engine_env, split_evenly
+from rlaif.actors.pool import ActorPool, engine_env, role_threads, split_evenly
 from rlaif.actors.reward_scorer import RewardScorer
 from rlaif.actors.rollout import RolloutWorker
 from rlaif.actors.trainer_group import TrainerGroup, malloc_env
@@ -219,11 +219,6 @@ def starts_together(run: RunConfig, reward_model: bool) -> bool:
     return sum(1 for r in roles if r.gpus_per_worker % 1) <= 1
 
 
-def role_threads(r: RoleResources) -> int:
-    """The OpenMP threads an actor of a role runs (`rlaif.actors.pool.engine_env`, `trainer_env`)."""
-    return r.threads_per_worker or max(1, int(r.cpus_per_worker))
-
-
 def async_thread_warning(run: RunConfig, cores: int) -> str | None:
     """With ``ppo.max_staleness`` >= 1 on one machine, rollout and learner threads run at the same time.
 
@@ -327,7 +322,7 @@ class PPORoles:
                 RolloutWorker,
                 rollout_spec,
                 (spec,),
-                engine_env(rollout_spec.cpus_per_worker, run.cluster.rollout.threads_per_worker),
+                engine_env(run.cluster.rollout),
                 wait=wait,
             )
             started.append(self.rollout)
@@ -411,7 +406,7 @@ def _make_scorer(run: RunConfig, paths: ModelPaths, spec: RoleGroupSpec, wait: b
         run.model.trust_remote_code,
     )
     env = {
-        **engine_env(spec.cpus_per_worker, run.cluster.reward_scorer.threads_per_worker),
+        **engine_env(run.cluster.reward_scorer),
         # Scoring is torch forward passes, as on the learner: keep their freed activations too.
         **malloc_env(run.cluster.trainer_malloc),
     }

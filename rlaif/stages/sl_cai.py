@@ -126,9 +126,7 @@ class _Critics:
             log.info("starting %d critic actor(s) on %s", r.num_workers, self._run.engine.backend)
             c = self._constitution
             args = (engine_spec(self._run, str(self._model_path)), c.critique_few_shot, c.wanted_exemplars)
-            self._pool = ActorPool(
-                ConstitutionalCritic, spec, args, engine_env(r.cpus_per_worker, r.threads_per_worker)
-            )
+            self._pool = ActorPool(ConstitutionalCritic, spec, args, engine_env(r))
         outputs: list[CriticOutput] = self._pool.map_shards(method, tasks, params)
         return outputs
 

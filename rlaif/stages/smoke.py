@@ -71,7 +71,7 @@ def generation_smoke(run: RunConfig, model_path: Path, out: Path) -> SmokeResult
         RolloutWorker,
         spec,
         (engine_spec(run, str(model_path)),),
-        engine_env(roles.cpus_per_worker, roles.threads_per_worker),
+        engine_env(roles),
     )
     try:
         params = SamplingParams(

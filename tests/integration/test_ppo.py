@@ -32,7 +32,7 @@ from rlaif.actors.policy_sync import PolicySync
 from rlaif.actors.pool import ActorPool, engine_env
 from rlaif.actors.rollout import RolloutWorker
 from rlaif.actors.trainer_group import TrainerGroup
-from rlaif.config import RunConfig, register_configs, to_run_config
+from rlaif.config import RoleResources, RunConfig, register_configs, to_run_config
 from rlaif.core.experience import collate_rollouts, concat_outputs, make_experience, split_batch
 from rlaif.core.io import read_jsonl, read_manifest
 from rlaif.core.prompts import load_prompts
@@ -148,7 +148,12 @@ def _ppo_update(learner: TrainerGroup, rollout: ActorPool) -> None:
 def _engines_match_after_sync(learner: TrainerGroup, tiny_model: Path, engines: int) -> None:
     """`engines` vLLM engines of the tiny model, a PPO update of `learner`, a sync: the engines answer as it does."""
     engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256, kv_cache_gib=1)
-    pool = ActorPool(InspectedRollout, RoleGroupSpec("rollout", engines, 0.5, 0), (engine,), engine_env(1))
+    pool = ActorPool(
+        InspectedRollout,
+        RoleGroupSpec("rollout", engines, 0.5, 0),
+        (engine,),
+        engine_env(RoleResources(cpus_per_worker=1)),
+    )
     try:
         sync = PolicySync(learner, pool, "gloo", bucket_bytes=256 * 1024)
         before = pool.call_all("outputs")[0]

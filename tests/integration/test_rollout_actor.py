@@ -10,6 +10,7 @@ import pytest
 from rlaif.actors.cluster import RoleGroupSpec
 from rlaif.actors.pool import ActorPool, engine_env, split_evenly
 from rlaif.actors.rollout import RolloutWorker
+from rlaif.config import RoleResources
 from rlaif.engines.base import EngineSpec, Message, SamplingParams
 
 
@@ -24,7 +25,7 @@ def test_rollout_pool_generates_in_order_and_takes_new_weights(tiny_model: Path)
 
     spec = RoleGroupSpec("rollout", num_workers=2, cpus_per_worker=1, gpus_per_worker=0)
     engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256, kv_cache_gib=1)
-    pool = ActorPool(RolloutWorker, spec, (engine,), engine_env(1))
+    pool = ActorPool(RolloutWorker, spec, (engine,), engine_env(RoleResources(cpus_per_worker=1)))
     try:
         prompts = [[Message("user", f"Tell me about the number {i}.")] for i in range(5)]
         greedy = SamplingParams(temperature=0.0, max_new_tokens=8)

@@ -17,6 +17,7 @@ import torch
 from rlaif.actors.cluster import RoleGroupSpec
 from rlaif.actors.pool import ActorPool, engine_env
 from rlaif.actors.rollout import RolloutWorker
+from rlaif.config import RoleResources
 from rlaif.engines.base import EngineSpec, Message, OptionRequest, SamplingParams
 from rlaif.engines.hf_engine import TransformersEngine
 from rlaif.engines.weight_sync import SyncGroup, SyncStats, send_state, tensor_metas
@@ -87,7 +88,7 @@ def test_broadcast_sync_makes_rollout_engines_match_the_learner(tiny_model: Path
     sender = ray.remote(num_cpus=0)(Sender).remote(str(tiny_model))
     spec = RoleGroupSpec("rollout", num_workers=2, cpus_per_worker=1, gpus_per_worker=0)
     engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256)
-    pool = ActorPool(SyncedRollout, spec, (engine,), engine_env(1))
+    pool = ActorPool(SyncedRollout, spec, (engine,), engine_env(RoleResources(cpus_per_worker=1)))
     try:
         addr, port = ray.get(sender.address.remote())
         world = 1 + len(pool)
@@ -126,7 +127,7 @@ def test_direct_sync_matches_an_engine_loaded_from_disk(tiny_model: Path, tmp_pa
     sender = ray.remote(num_cpus=0)(Sender).remote(str(tiny_model))
     spec = RoleGroupSpec("rollout", num_workers=1, cpus_per_worker=1, gpus_per_worker=0)
     engine = EngineSpec(model_path=str(tiny_model), backend="vllm", max_model_len=256)
-    pool = ActorPool(SyncedRollout, spec, (engine,), engine_env(1))
+    pool = ActorPool(SyncedRollout, spec, (engine,), engine_env(RoleResources(cpus_per_worker=1)))
     try:
         addr, port = ray.get(sender.address.remote())
         ray.get([sender.join.remote(addr, port, 2), pool.actors[0].join_sync_group.remote(addr, port, 1, 2, "gloo")])
@@ -142,7 +143,7 @@ def test_direct_sync_matches_an_engine_loaded_from_disk(tiny_model: Path, tmp_pa
             disk_spec = EngineSpec(model_path=str(folder), backend="vllm", max_model_len=256)
             # A second pool beside the synced one: its own name (placement group names are unique).
             disk_role = RoleGroupSpec("rollout-from-disk", num_workers=1, cpus_per_worker=1, gpus_per_worker=0)
-            disk = ActorPool(SyncedRollout, disk_role, (disk_spec,), engine_env(1))
+            disk = ActorPool(SyncedRollout, disk_role, (disk_spec,), engine_env(RoleResources(cpus_per_worker=1)))
             try:
                 want, got = disk.call_all("outputs")[0], pool.call_all("outputs")[0]
                 want_lps, got_lps = disk.call_all("greedy_logprobs")[0], pool.call_all("greedy_logprobs")[0]

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from rlaif.config import RunConfig, register_configs, to_run_config
+from rlaif.config import RoleResources, RunConfig, register_configs, to_run_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 register_configs()
@@ -113,16 +113,13 @@ def test_ppo_batches_draw_their_shares_of_helpful_and_sensitive_prompts() -> Non
         compose_run(["ppo.helpful_fraction=0.6", "ppo.sensitive_fraction=0.6"])
 
 
-def test_every_engine_pool_of_a_stage_takes_its_roles_threads() -> None:
-    """`cluster.<role>.threads_per_worker` reaches every engine actor a stage starts, not only RL-CAI's."""
-    import ast
+def test_an_engine_actor_runs_its_roles_threads_else_its_cpus() -> None:
+    """`engine_env` takes a role's resources whole: `cluster.<role>.threads_per_worker` wins over its CPUs."""
+    from rlaif.actors.pool import engine_env
 
-    calls = []
-    for path in sorted((CONF.parent / "rlaif" / "stages").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "engine_env":
-                calls.append((path.name, node.lineno, [ast.unparse(a) for a in node.args]))
-    assert len(calls) >= 8, calls
-    for name, line, args in calls:
-        assert len(args) == 2, f"{name}:{line} engine_env{tuple(args)} drops threads_per_worker"
-        assert args[0].endswith(".cpus_per_worker") and args[1].endswith(".threads_per_worker"), f"{name}:{line}"
+    def threads(cpus: float, threads: int | None = None) -> str:
+        return engine_env(RoleResources(cpus_per_worker=cpus, threads_per_worker=threads))["OMP_NUM_THREADS"]
+
+    assert (threads(2.0), threads(0.5), threads(0.5, 2), threads(2.0, 1)) == ("2", "1", "2", "1")
+    run = compose_run(["cluster.judge.cpus_per_worker=0.5", "cluster.judge.threads_per_worker=2"])
+    assert engine_env(run.cluster.judge)["OMP_NUM_THREADS"] == "2"
