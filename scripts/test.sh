@@ -20,6 +20,11 @@ ruff format --check --quiet .
 step "mypy (strict on rlaif/core)"
 mypy rlaif/core
 step "pytest"
+# One OpenMP thread per test process, and threads that sleep rather than spin when idle: two
+# workers on two cores each starting 2-thread teams would spin at barriers against each other.
+# Actors still get their role's thread count (rlaif.actors.pool.engine_env, trainer_env); the wait
+# policy reaches them through the environment the local Ray cluster starts them in.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 set +e
 python -m pytest -n "${RLAIF_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "$@"
 rc=$?
