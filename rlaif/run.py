@@ -1,7 +1,7 @@
 """The entry point: ``python -m rlaif.run [overrides]``.
 
-Composes the Hydra config from ``conf/``, connects to Ray (a local cluster unless
-``cluster.address`` is set), resolves the model and runs the job. ``--cfg job``
+Composes the Hydra config from ``conf/``, resolves the model, connects to Ray (a local
+cluster unless ``cluster.address`` is set; none when every stage is done already) and runs the job. ``--cfg job``
 prints the resolved config; ``dry_run=true`` prints the placement plan for the cluster
 in ``plan`` and starts nothing (`rlaif.plan`). Under ``-m`` (multirun) each job writes
 to its own folder, ``runs/<name>-sweep/<its overrides>``, and logs its own W&B run in
@@ -33,7 +33,7 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
     from rlaif.actors.cluster import ClusterSpec, connect, probe_address, save_worker_logs
     from rlaif.core.run_logs import release_driver_logs, route_driver_logs, verbose_requested
     from rlaif.engines.models import resolve_model
-    from rlaif.stages.pipeline import StageContext, run_stages
+    from rlaif.stages.pipeline import StageContext, pending_stages, run_stages
     from rlaif.stages.preflight import check_inputs
     from rlaif.stages.registry import STAGES
 
@@ -53,9 +53,12 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any]) -> None:
     driver_log = None if verbose else route_driver_logs(log_dir)
     c = run_cfg.cluster
     try:
-        connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host, verbose))
-        if driver_log is not None:
-            route_driver_logs(log_dir)  # again: ray.init configures Ray's own loggers
+        if pending_stages(run_dir, run_cfg.stages):
+            connect(ClusterSpec(c.address, c.num_cpus, c.num_gpus, c.include_dashboard, c.dashboard_host, verbose))
+            if driver_log is not None:
+                route_driver_logs(log_dir)  # again: ray.init configures Ray's own loggers
+        else:
+            log.info("every stage is done already: no Ray cluster needed")
         sink = make_sink(run_cfg, run_dir, config_dict)
         try:
             run_stages(StageContext(run_cfg, run_dir, model_path, sink), [(n, STAGES[n]) for n in run_cfg.stages])

@@ -7,7 +7,7 @@ their folders under the run directory and writes its own, manifest last.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +31,12 @@ class StageContext:
 
 
 Stage = Callable[[StageContext], None]
+
+
+def pending_stages(run_dir: Path, names: Sequence[str]) -> list[str]:
+    """The stages of `names` whose folder under `run_dir` holds no manifest yet: those a run would run."""
+    return [name for name in names if read_manifest(run_dir / name) is None]
+
 
 # Where each stage's metrics appear in W&B (``rm/loss``); other stages use their own name.
 METRIC_NAMESPACE = {"preferences": "label", "reward_model": "rm", "rl_cai": "ppo", "evaluate": "eval"}

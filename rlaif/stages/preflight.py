@@ -20,10 +20,10 @@ from pathlib import Path
 
 from rlaif.config import RunConfig
 from rlaif.core.constitution import Constitution, default_constitution_path, load_constitution
-from rlaif.core.io import read_manifest
 from rlaif.core.prompts import DatasetError, PromptRecord, load_prompts
 from rlaif.engines.base import Message, PromptRenderer, PromptTooLongError
 from rlaif.engines.models import resolve_model
+from rlaif.stages.pipeline import pending_stages
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _USES_CONSTITUTION = ("sl_cai", "preferences", "rl_cai", "evaluate")
 
 def check_inputs(run: RunConfig, run_dir: Path, model_path: Path) -> None:
     """Raise a user error naming the first bad input of the stages still to run; return quietly if all is well."""
-    pending = [s for s in run.stages if read_manifest(run_dir / s) is None]
+    pending = pending_stages(run_dir, run.stages)
     if any(s in _USES_CONSTITUTION for s in pending):
         constitution_file = Path(run.constitution) if run.constitution else default_constitution_path()
         constitution = load_constitution(constitution_file)
