@@ -43,9 +43,13 @@ cleanup() {
         sleep 0.5
     done
     for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
-    # Anything left that runs from this cluster's temp dir (workers, agents), by PID.
-    for pid in $(pgrep -f -- "$TMP" || true); do
-        [ "$pid" != "$$" ] && kill -KILL "$pid" 2>/dev/null
+    # Anything left that runs from this cluster's temp dir (workers, agents), by PID, until none
+    # is: a process killed here may still be exiting, or one may have started during the kill.
+    for _ in $(seq 1 40); do
+        left=$(pgrep -f -- "$TMP" | grep -vx "$$" || true)
+        [ -z "$left" ] && break
+        kill -KILL $left 2>/dev/null  # unquoted: one PID per word
+        sleep 0.25
     done
     if [ "${RLAIF_MN_KEEP:-0}" = 1 ]; then echo "local-multinode: logs kept in $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"

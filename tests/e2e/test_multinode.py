@@ -15,15 +15,18 @@ from rlaif.core.io import read_jsonl, read_manifest
 SCRIPT = Path(__file__).resolve().parents[2] / "cluster" / "local-multinode.sh"
 
 
-def processes_mentioning(text: str) -> list[int]:
+def processes_mentioning(text: str) -> list[str]:
+    """``"<pid> <command line>"`` of every process whose command line holds `text`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
+            if text.encode() in cmdline:
+                words = cmdline.replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{entry.name} {words[:300]}")
     return found
 
 
