@@ -1,13 +1,13 @@
 """The entry point: ``python -m rlaif.run [overrides]``.
 
 Composes the Hydra config from ``conf/``, resolves the model, connects to Ray (a local
-cluster unless ``cluster.address`` is set; none when every stage is done already) and runs the job. ``--cfg job``
-prints the resolved config; ``dry_run=true`` prints the placement plan for the cluster
-in ``plan`` and starts nothing (`rlaif.plan`). Under ``-m`` (multirun) each job writes
-to its own folder, ``runs/<name>-sweep/<its overrides>``, and logs its own W&B run in
-a group named after the sweep. An unknown or mistyped key fails with Hydra's error.
-Known bad input (a missing model, an unreachable cluster, a bad file) ends with one
-line naming the culprit and exit status 1.
+cluster unless ``cluster.address`` is set; none when every stage is done already) and
+runs the job. ``--cfg job`` prints the resolved config; ``dry_run=true`` prints the
+placement plan for the cluster in ``plan`` and starts nothing (`rlaif.plan`). Under
+``-m`` (multirun) each job writes to its own folder,
+``runs/<name>-sweep/<its overrides>``, and logs its own W&B run in a group named after
+the sweep. An unknown or mistyped key fails with Hydra's error. Known bad input (a missing model, an unreachable
+cluster, a bad file) ends with one line naming the culprit and exit status 1.
 """
 
 from __future__ import annotations

@@ -47,12 +47,7 @@ def judge_model_name(run: RunConfig) -> str:
 def rollout_pool(run: RunConfig, model: Path) -> ActorPool:
     """Rollout workers (``cluster.rollout``) whose engines hold `model`."""
     r = run.cluster.rollout
-    return ActorPool(
-        RolloutWorker,
-        role_spec("rollout", r, run),
-        (engine_spec(run, str(model)),),
-        engine_env(r),
-    )
+    return ActorPool(RolloutWorker, role_spec("rollout", r, run), (engine_spec(run, str(model)),), engine_env(r))
 
 
 def answer(pool: ActorPool, run: RunConfig, prompts: Prompts) -> list[dict[str, Any]]:

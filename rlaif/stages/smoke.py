@@ -67,12 +67,7 @@ def generation_smoke(run: RunConfig, model_path: Path, out: Path) -> SmokeResult
         "rollout", roles.num_workers, roles.cpus_per_worker, roles.gpus_per_worker, run.cluster.placement_strategy
     )
     log.info("starting %d rollout actor(s) on %s", roles.num_workers, run.engine.backend)
-    pool = ActorPool(
-        RolloutWorker,
-        spec,
-        (engine_spec(run, str(model_path)),),
-        engine_env(roles),
-    )
+    pool = ActorPool(RolloutWorker, spec, (engine_spec(run, str(model_path)),), engine_env(roles))
     try:
         params = SamplingParams(
             temperature=run.smoke.temperature,
